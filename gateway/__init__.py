@@ -1,0 +1,3 @@
+"""Telephony webhook verification gateway."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,216 @@
+"""The ASGI application: webhooks on a pure-ASGI fast path, everything else through Starlette."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route as StarletteRoute
+
+from gateway import metrics
+from gateway.admin import AdminAPI
+from gateway.answers import AnswerTemplates
+from gateway.asgi_io import Receive, Scope, Send
+from gateway.forwarder import FORWARD_SCRIPT, Forwarder
+from gateway.keystore import KeyStore
+from gateway.providers import Provider, Verifier
+from gateway.providers.exotel import Allowlist, ExotelVerifier
+from gateway.providers.plivo import PlivoVerifier
+from gateway.providers.telnyx import TelnyxVerifier
+from gateway.providers.twilio import TwilioVerifier
+from gateway.proxy import OriginResolver
+from gateway.redis_client import connect
+from gateway.redis_keys import KeyNames
+from gateway.sealing import Sealer
+from gateway.settings import Settings, kek_bytes
+from gateway.webhooks import WebhookHandler, match_route
+
+log = logging.getLogger("gateway")
+
+
+def load_exotel_allowlist(settings: Settings) -> Allowlist:
+    """EXOTEL_ALLOWED_IPS when set (even empty), else the built-in data file."""
+    if settings.exotel_allowed_ips is not None:
+        allowlist = Allowlist.parse(settings.exotel_allowed_ips)
+        source = "EXOTEL_ALLOWED_IPS"
+    else:
+        allowlist = Allowlist.load_file(settings.exotel_allowed_ips_file)
+        source = str(settings.exotel_allowed_ips_file)
+    if not allowlist:
+        log.warning(
+            "Exotel allowlist is empty (%s): every /exotel/ request will be rejected. "
+            "Exotel does not publish its callback IPs; ask Exotel support for them and set EXOTEL_ALLOWED_IPS.",
+            source,
+        )
+    return allowlist
+
+
+@dataclass
+class Components:
+    redis: Redis
+    keystore: KeyStore
+    forwarder: Forwarder
+    webhooks: WebhookHandler
+
+
+class GatewayApp:
+    """Top-level ASGI app. Webhook paths go straight to WebhookHandler; the rest to Starlette."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        redis_factory: Callable[[], Redis] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self._clock = clock
+        self._redis_factory = redis_factory or (lambda: connect(settings))
+        self._allowlist = load_exotel_allowlist(settings)  # fail fast on a bad data file
+        self._sealer = Sealer(kek_bytes(settings.kek), tuple(kek_bytes(s) for s in settings.kek_previous))
+        self._names = KeyNames(prefix=settings.key_prefix, stream=settings.stream)
+        self.components: Components | None = None
+        self._admin_port = settings.admin_port
+        metrics.preinitialise()
+        self._starlette = Starlette(routes=self._routes(), lifespan=self._lifespan)
+
+    # ---- lifespan -----------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, _app: Starlette) -> AsyncIterator[None]:
+        settings = self.settings
+        redis = self._redis_factory()
+        keystore = KeyStore(
+            redis,
+            self._sealer,
+            self._names,
+            cache_ttl_s=settings.cache_ttl_s,
+            negative_ttl_s=settings.negative_cache_ttl_s,
+            max_entries=settings.cache_max_entries,
+            clock=self._clock,
+        )
+        forwarder = Forwarder(
+            redis,
+            self._names,
+            nonce_ttl_s=settings.nonce_ttl_s,
+            idempotency_ttl_s=settings.idempotency_ttl_s,
+            stream_maxlen=settings.stream_maxlen,
+        )
+        verifiers: dict[Provider, Verifier] = {
+            Provider.PLIVO: PlivoVerifier(),
+            Provider.VOBIZ: PlivoVerifier(),
+            Provider.TWILIO: TwilioVerifier(),
+            Provider.TELNYX: TelnyxVerifier(tolerance_s=settings.telnyx_tolerance_s),
+            Provider.EXOTEL: ExotelVerifier(self._allowlist),
+        }
+        webhooks = WebhookHandler(
+            keystore=keystore,
+            forwarder=forwarder,
+            verifiers=verifiers,
+            answers=AnswerTemplates(settings.plivo_answer_template, settings.twilio_answer_template),
+            origin=OriginResolver(settings.trusted_proxies, settings.public_base),
+            max_body_bytes=settings.max_body_bytes,
+            clock=self._clock,
+        )
+        self.components = Components(redis, keystore, forwarder, webhooks)
+        self._admin = AdminAPI(keystore, settings.admin_token)
+        with contextlib.suppress(Exception):  # Redis may be down at start: /readyz says so
+            await redis.script_load(FORWARD_SCRIPT)
+        keystore.start_invalidation()
+        forwarder.start()
+        try:
+            yield
+        finally:
+            # Requests still in flight were drained by uvicorn before lifespan shutdown;
+            # flush anything queued so no accepted request is left unanswered.
+            await forwarder.stop()
+            await keystore.stop_invalidation()
+            await redis.aclose()
+            self.components = None
+
+    # ---- routes -------------------------------------------------------------
+
+    def _routes(self) -> list[StarletteRoute]:
+        return [
+            StarletteRoute("/healthz", self._healthz, methods=["GET"]),
+            StarletteRoute("/readyz", self._readyz, methods=["GET"]),
+            StarletteRoute("/metrics", self._metrics, methods=["GET"]),
+            StarletteRoute("/admin/phones", self._admin_dispatch, methods=["GET"]),
+            StarletteRoute("/admin/phones/{phone_id}", self._admin_dispatch, methods=["GET", "PUT", "DELETE"]),
+        ]
+
+    async def _healthz(self, _request: Request) -> Response:
+        return PlainTextResponse("ok\n")
+
+    async def _readyz(self, _request: Request) -> Response:
+        components = self.components
+        if components is None:
+            return Response(orjson.dumps({"ready": False, "redis": "not started"}), 503, media_type="application/json")
+        try:
+            await asyncio.wait_for(components.redis.ping(), timeout=self.settings.redis_timeout_s)
+        except Exception as exc:
+            metrics.REDIS_UP.set(0)
+            metrics.REDIS_ERRORS.labels("ready", metrics.redis_error_class(exc)).inc()
+            body = {"ready": False, "redis": metrics.redis_error_class(exc)}
+            return Response(orjson.dumps(body), 503, media_type="application/json")
+        metrics.REDIS_UP.set(1)
+        body: dict[str, Any] = {"ready": True, "redis": "ok", "exotel_allowlist_entries": len(self._allowlist)}
+        return Response(orjson.dumps(body), 200, media_type="application/json")
+
+    async def _metrics(self, _request: Request) -> Response:
+        payload, content_type = metrics.render()
+        return Response(payload, 200, media_type=content_type)
+
+    async def _admin_dispatch(self, request: Request) -> Response:
+        api = self._admin
+        route = {
+            ("GET", False): api.list_phones,
+            ("GET", True): api.get_phone,
+            ("PUT", True): api.put_phone,
+            ("DELETE", True): api.delete_phone,
+        }[(request.method, "phone_id" in request.path_params)]
+        return await route(request)
+
+    # ---- ASGI ---------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            on_admin_port = self._admin_port is not None and _local_port(scope) == self._admin_port
+            if not on_admin_port:
+                route = match_route(scope["path"])
+                if route is not None:
+                    components = self.components
+                    if components is None:
+                        raise RuntimeError("gateway used before lifespan startup")
+                    await components.webhooks(scope, receive, send, route)
+                    return
+                if self._admin_port is not None and not _public_path(scope["path"]):
+                    await PlainTextResponse("not found\n", 404)(scope, receive, send)
+                    return
+        await self._starlette(scope, receive, send)
+
+
+def _local_port(scope: Scope) -> int | None:
+    server = scope.get("server")
+    return server[1] if server else None
+
+
+def _public_path(path: str) -> bool:
+    """With a separate admin port, the public port serves only webhooks and health checks."""
+    return path in ("/healthz", "/readyz")
+
+
+def create_app(settings: Settings | None = None, **kwargs: Any) -> GatewayApp:
+    from gateway.settings import from_env
+
+    return GatewayApp(settings or from_env(), **kwargs)

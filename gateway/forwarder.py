@@ -1,0 +1,226 @@
+"""Durable forwarding to the dispatch stream, with replay and duplicate checks, by group commit.
+
+Each accepted webhook becomes one call of a Lua script that, atomically:
+  1. rejects a nonce already used (replay),
+  2. answers "duplicate" for an idempotency key already forwarded,
+  3. XADDs the event, then records the nonce and the idempotency key with TTLs.
+The XADD is the script's first write, so a failure (OOM, read-only replica) leaves
+nothing half-written. All scripts of the requests in flight are sent as one
+pipeline (one round trip), and each request is answered only after its own
+script's reply: the per-request Redis cost is amortised without weakening the
+"2xx only once durably in the stream" rule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.exceptions as rx
+from redis.asyncio import Redis
+
+from gateway import metrics
+from gateway.errors import Unavailable
+from gateway.redis_keys import KeyNames
+
+log = logging.getLogger("gateway.forwarder")
+
+FORWARD_SCRIPT = """
+if ARGV[5] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then
+  return {'replay', ''}
+end
+if ARGV[6] == '1' then
+  local previous = redis.call('GET', KEYS[3])
+  if previous then
+    if ARGV[5] == '1' then redis.call('SET', KEYS[2], '1', 'EX', ARGV[2]) end
+    return {'duplicate', previous}
+  end
+end
+local id
+if ARGV[4] ~= '0' then
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'event', ARGV[1])
+else
+  id = redis.call('XADD', KEYS[1], '*', 'event', ARGV[1])
+end
+if ARGV[5] == '1' then redis.call('SET', KEYS[2], '1', 'EX', ARGV[2]) end
+if ARGV[6] == '1' then redis.call('SET', KEYS[3], id, 'EX', ARGV[3]) end
+return {'forwarded', id}
+"""
+FORWARD_SHA = hashlib.sha1(FORWARD_SCRIPT.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
+
+REDIS_FAILURES = (
+    rx.ConnectionError,
+    rx.TimeoutError,
+    rx.ReadOnlyError,
+    rx.OutOfMemoryError,
+    OSError,
+    asyncio.TimeoutError,
+)
+
+
+class Outcome(enum.StrEnum):
+    FORWARDED = "forwarded"
+    DUPLICATE = "duplicate"
+    REPLAY = "replay"
+
+
+@dataclass(slots=True)
+class _Pending:
+    phone_id: str
+    event: bytes
+    nonce: str | None
+    idempotency_key: str | None
+    future: asyncio.Future[tuple[Outcome, str]] = field(repr=False)
+
+
+class Forwarder:
+    """Group-commit writer. `forward()` resolves once the event's script has run on Redis."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        names: KeyNames,
+        *,
+        nonce_ttl_s: int,
+        idempotency_ttl_s: int,
+        stream_maxlen: int = 0,
+        max_batch: int = 256,
+        max_inflight_batches: int = 2,
+    ) -> None:
+        self._redis = redis
+        self._names = names
+        self._nonce_ttl = str(nonce_ttl_s)
+        self._idem_ttl = str(idempotency_ttl_s)
+        self._maxlen = str(stream_maxlen)
+        self._max_batch = max_batch
+        self._queue: list[_Pending] = []
+        self._wakeup = asyncio.Event()
+        self._slots = asyncio.Semaphore(max_inflight_batches)
+        self._task: asyncio.Task[None] | None = None
+        self._batches: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="forwarder")
+
+    async def stop(self) -> None:
+        """Flush what is queued, wait for batches in flight, then stop."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        while self._queue:
+            await self._flush(self._take())
+        if self._batches:
+            await asyncio.gather(*self._batches, return_exceptions=True)
+
+    async def forward(
+        self, phone_id: str, event: bytes, *, nonce: str | None, idempotency_key: str | None
+    ) -> tuple[Outcome, str]:
+        """(outcome, stream entry id). Raises Unavailable when Redis cannot confirm the write."""
+        future: asyncio.Future[tuple[Outcome, str]] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(phone_id, event, nonce, idempotency_key, future))
+        self._wakeup.set()
+        if self._task is None:  # not started (e.g. a one-shot CLI use): flush inline
+            await self._flush(self._take())
+        return await future
+
+    def _take(self) -> list[_Pending]:
+        batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
+        if not self._queue:
+            self._wakeup.clear()
+        return batch
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            await self._slots.acquire()
+            batch = self._take()
+            if not batch:
+                self._slots.release()
+                continue
+            task = asyncio.create_task(self._flush_and_release(batch))
+            self._batches.add(task)
+            task.add_done_callback(self._batches.discard)
+
+    async def _flush_and_release(self, batch: list[_Pending]) -> None:
+        try:
+            await self._flush(batch)
+        finally:
+            self._slots.release()
+
+    def _args(self, item: _Pending) -> tuple[Any, ...]:
+        names = self._names
+        nonce_key = names.nonce(item.phone_id, item.nonce) if item.nonce else names.unused
+        idem_key = names.idempotency(item.phone_id, item.idempotency_key) if item.idempotency_key else names.unused
+        return (
+            3,
+            names.stream,
+            nonce_key,
+            idem_key,
+            item.event,
+            self._nonce_ttl,
+            self._idem_ttl,
+            self._maxlen,
+            "1" if item.nonce else "0",
+            "1" if item.idempotency_key else "0",
+        )
+
+    async def _flush(self, batch: list[_Pending]) -> None:
+        if not batch:
+            return
+        metrics.BATCH_SIZE.observe(len(batch))
+        try:
+            results = await self._execute(batch)
+        except REDIS_FAILURES as exc:
+            metrics.REDIS_ERRORS.labels("forward", metrics.redis_error_class(exc)).inc()
+            log.warning("forwarding batch of %d failed: %s", len(batch), type(exc).__name__)
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(Unavailable("redis"))
+            return
+        except Exception:
+            log.exception("unexpected error forwarding a batch of %d", len(batch))
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(Unavailable("redis"))
+            return
+        for item, result in zip(batch, results, strict=True):
+            if item.future.done():
+                continue
+            if isinstance(result, BaseException):
+                metrics.REDIS_ERRORS.labels("forward", metrics.redis_error_class(result)).inc()
+                item.future.set_exception(Unavailable("redis"))
+                continue
+            outcome, entry_id = result
+            item.future.set_result((Outcome(_text(outcome)), _text(entry_id)))
+
+    async def _execute(self, batch: list[_Pending]) -> list[Any]:
+        results = await self._run_scripts(batch)
+        retry = [i for i, r in enumerate(results) if isinstance(r, rx.NoScriptError)]
+        if retry:
+            # Redis restarted (or failed over) and lost its script cache. NOSCRIPT means
+            # that script did not run, so running those items again is safe.
+            await self._redis.script_load(FORWARD_SCRIPT)
+            again = await self._run_scripts([batch[i] for i in retry])
+            for index, result in zip(retry, again, strict=True):
+                results[index] = result
+        for result in results:
+            if isinstance(result, rx.ResponseError) and not isinstance(result, REDIS_FAILURES):
+                raise result  # a bug (e.g. CROSSSLOT), not an outage: logged with its traceback
+        return results
+
+    async def _run_scripts(self, batch: list[_Pending]) -> list[Any]:
+        pipe = self._redis.pipeline(transaction=False)
+        for item in batch:
+            pipe.evalsha(FORWARD_SHA, *self._args(item))
+        return list(await pipe.execute(raise_on_error=False))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

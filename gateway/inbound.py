@@ -1,0 +1,117 @@
+"""The frozen view of one webhook request that verifiers work on.
+
+Everything here is the request *as received*: the raw path and raw query string
+from the ASGI scope, the raw body bytes, and the public URL the carrier called
+(rebuilt by the edge from GATEWAY_PUBLIC_BASE_URL or trusted proxy headers).
+Verifiers must never re-serialise a parsed form or re-encode the query.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl
+
+from gateway.errors import Reason, Rejected
+
+# Carriers post a few dozen fields; a form with thousands is an attack on the parser.
+MAX_FORM_FIELDS = 1000
+
+FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
+
+
+def parse_pairs(text: str) -> list[tuple[str, str]]:
+    """Parse a query string or form body into decoded (name, value) pairs, blanks kept.
+
+    Percent-escapes are decoded as UTF-8 and invalid UTF-8 is a rejection (never a 500).
+    """
+    try:
+        return parse_qsl(
+            text,
+            keep_blank_values=True,
+            strict_parsing=False,
+            encoding="utf-8",
+            errors="strict",
+            max_num_fields=MAX_FORM_FIELDS,
+        )
+    except (ValueError, UnicodeDecodeError) as exc:  # too many fields, invalid UTF-8 escapes
+        raise Rejected(Reason.MALFORMED_REQUEST, type(exc).__name__) from None
+
+
+@dataclass(frozen=True, slots=True)
+class InboundRequest:
+    """One webhook request, exactly as the carrier sent it."""
+
+    method: str  # "GET" or "POST" (upper case)
+    scheme: str  # public scheme the carrier used: "https" or "http"
+    netloc: str  # public host[:port] exactly as the carrier addressed it
+    raw_path: str  # path as sent (percent-escapes intact), latin-1 decoded bytes
+    query_string: str  # raw query string without "?", latin-1 decoded bytes; "" when absent
+    headers: Mapping[str, str]  # lower-case names; see duplicate_headers
+    body: bytes
+    client_ip: str  # socket peer, or right-most untrusted X-Forwarded-For hop
+    duplicate_headers: frozenset[str] = field(default_factory=frozenset)
+    _cache: dict[str, object] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def base_url(self) -> str:
+        """scheme://netloc/path, without the query."""
+        return f"{self.scheme}://{self.netloc}{self.raw_path}"
+
+    @property
+    def public_url(self) -> str:
+        """The full URL as the carrier called it (with the raw query, if any)."""
+        if self.query_string:
+            return f"{self.base_url}?{self.query_string}"
+        return self.base_url
+
+    def header(self, name: str) -> str | None:
+        """A header's value; a security header sent twice is ambiguous and is a rejection."""
+        value = self.headers.get(name)
+        if value is not None and name in self.duplicate_headers:
+            raise Rejected(Reason.MALFORMED_SIGNATURE, f"duplicate header {name}")
+        return value
+
+    @property
+    def content_type(self) -> str:
+        """Media type without parameters, lower case ("" when absent)."""
+        raw = self.headers.get("content-type", "")
+        return raw.split(";", 1)[0].strip().lower()
+
+    @property
+    def is_form(self) -> bool:
+        return self.content_type == FORM_CONTENT_TYPE
+
+    def query_params(self) -> list[tuple[str, str]]:
+        """Decoded query parameters, in the order sent."""
+        cached = self._cache.get("query")
+        if cached is None:
+            cached = parse_pairs(self.query_string)
+            self._cache["query"] = cached
+        return cached  # type: ignore[return-value]
+
+    def form_params(self) -> list[tuple[str, str]]:
+        """Decoded form-body parameters (empty unless the body is form-encoded)."""
+        cached = self._cache.get("form")
+        if cached is None:
+            if self.is_form and self.body:
+                try:
+                    text = self.body.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise Rejected(Reason.MALFORMED_REQUEST, "form body is not UTF-8") from None
+                cached = parse_pairs(text)
+            else:
+                cached = []
+            self._cache["form"] = cached
+        return cached  # type: ignore[return-value]
+
+    def params(self) -> dict[str, str]:
+        """Query and form parameters merged, first value of each name; the form wins over the query."""
+        merged: dict[str, str] = {}
+        for name, value in self.query_params():
+            merged.setdefault(name, value)
+        form: dict[str, str] = {}
+        for name, value in self.form_params():
+            form.setdefault(name, value)
+        merged.update(form)
+        return merged

@@ -1,0 +1,270 @@
+"""Per-phone credentials in Redis, read through a bounded in-process cache.
+
+Writers (admin API, CLI) publish the phone id on a channel after each change;
+every process subscribed drops its cached entry, so a deleted or rotated key
+stops verifying within a second. When the subscription drops, the whole cache
+is cleared on reconnect (a notification may have been missed) and the short TTL
+bounds staleness meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import redis.exceptions as rx
+from redis.asyncio import Redis
+
+from gateway import metrics
+from gateway.cache import TTLCache
+from gateway.errors import Unavailable
+from gateway.phone_records import InvalidRecord, build_record, public_view, to_credentials, validate_phone_id
+from gateway.providers import PhoneCredentials
+from gateway.redis_keys import KeyNames
+from gateway.sealing import Sealer, SealError
+
+log = logging.getLogger("gateway.keystore")
+
+REDIS_FAILURES = (
+    rx.ConnectionError,
+    rx.TimeoutError,
+    rx.ReadOnlyError,
+    rx.OutOfMemoryError,
+    OSError,
+    asyncio.TimeoutError,
+)
+
+
+_HIT = metrics.CACHE.labels("hit")
+_NEGATIVE_HIT = metrics.CACHE.labels("negative_hit")
+_MISS = metrics.CACHE.labels("miss")
+
+
+class Conflict(Exception):
+    """A config.number is already registered to another phone."""
+
+
+class KeyStore:
+    def __init__(
+        self,
+        redis: Redis,
+        sealer: Sealer,
+        names: KeyNames,
+        *,
+        cache_ttl_s: float = 5.0,
+        negative_ttl_s: float = 1.0,
+        max_entries: int = 10_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._redis = redis
+        self._sealer = sealer
+        self._names = names
+        self._clock = clock
+        self._cache: TTLCache[PhoneCredentials] = TTLCache(max_entries, cache_ttl_s, negative_ttl_s)
+        # Unknown ids live apart, so a flood of random ids cannot evict real phones.
+        self._absent: TTLCache[PhoneCredentials] = TTLCache(max_entries, cache_ttl_s, negative_ttl_s)
+        self._numbers: TTLCache[str] = TTLCache(max_entries, cache_ttl_s, negative_ttl_s)
+        self._inflight: dict[str, asyncio.Future[PhoneCredentials | None]] = {}
+        # Bumped by every invalidation: a load that raced with one must not cache its (stale) result.
+        self._epoch = 0
+        self._subscriber: asyncio.Task[None] | None = None
+        self.subscribed = asyncio.Event()
+
+    # ---- request path -------------------------------------------------
+
+    async def credentials(self, phone_id: str) -> PhoneCredentials | None:
+        """The phone's unsealed credentials, or None when it does not exist."""
+        found, creds = self._cache.get(phone_id)
+        if found:
+            _HIT.inc()
+            return creds
+        found, _ = self._absent.get(phone_id)
+        if found:
+            _NEGATIVE_HIT.inc()
+            return None
+        _MISS.inc()
+        pending = self._inflight.get(phone_id)
+        if pending is not None:  # single flight: one Redis read per phone however many requests wait
+            return await asyncio.shield(pending)
+        future: asyncio.Future[PhoneCredentials | None] = asyncio.get_running_loop().create_future()
+        self._inflight[phone_id] = future
+        epoch = self._epoch
+        try:
+            creds = await self._load(phone_id)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters re-raise it themselves
+            raise
+        else:
+            future.set_result(creds)
+            if epoch == self._epoch:
+                (self._cache if creds is not None else self._absent).put(phone_id, creds)
+            return creds
+        finally:
+            self._inflight.pop(phone_id, None)
+
+    async def _load(self, phone_id: str) -> PhoneCredentials | None:
+        try:
+            validate_phone_id(phone_id)
+        except InvalidRecord:
+            return None
+        try:
+            raw = await self._redis.get(self._names.phone(phone_id))
+        except REDIS_FAILURES as exc:
+            metrics.REDIS_ERRORS.labels("keystore", metrics.redis_error_class(exc)).inc()
+            raise Unavailable("redis") from None
+        if raw is None:
+            return None
+        try:
+            return to_credentials(orjson.loads(raw), self._sealer, self._clock())
+        except SealError as exc:
+            # Misconfiguration (wrong KEK), not an attack: fail closed and tell the operator.
+            log.error("phone record cannot be unsealed: %s", exc, extra={"phone_id": phone_id})
+            return None
+
+    async def phone_for_number(self, number: str) -> str | None:
+        found, phone_id = self._numbers.get(number)
+        if found:
+            return phone_id
+        try:
+            raw = await self._redis.get(self._names.number(number))
+        except REDIS_FAILURES as exc:
+            metrics.REDIS_ERRORS.labels("keystore", metrics.redis_error_class(exc)).inc()
+            raise Unavailable("redis") from None
+        phone_id = raw.decode() if raw is not None else None
+        self._numbers.put(number, phone_id)
+        return phone_id
+
+    def forget(self, phone_id: str) -> None:
+        self._epoch += 1
+        self._cache.discard(phone_id)
+        self._absent.discard(phone_id)
+
+    # ---- admin --------------------------------------------------------
+
+    async def get_record(self, phone_id: str) -> dict[str, Any] | None:
+        raw = await self._redis.get(self._names.phone(phone_id))
+        return orjson.loads(raw) if raw is not None else None
+
+    async def put(self, phone_id: str, body: Any) -> dict[str, Any]:
+        """Create or replace a phone; returns its public view. Raises InvalidRecord or Conflict."""
+        validate_phone_id(phone_id)
+        previous = await self.get_record(phone_id)
+        record = build_record(phone_id, body, self._sealer, previous, self._clock())
+        number = record["config"].get("number")
+        old_number = (previous or {}).get("config", {}).get("number")
+        if number is not None:
+            owner = await self._redis.get(self._names.number(number))
+            if owner is not None and owner.decode() != phone_id:
+                raise Conflict(f"config.number is already registered to phone {owner.decode()!r}")
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.set(self._names.phone(phone_id), orjson.dumps(record))
+        pipe.sadd(self._names.phone_index, phone_id)
+        if number is not None:
+            pipe.set(self._names.number(number), phone_id)
+        await pipe.execute()
+        if old_number and old_number != number:
+            await self._delete_number_if_owned(old_number, phone_id)
+        await self._announce(phone_id, number, old_number)
+        return public_view(record)
+
+    async def get(self, phone_id: str) -> dict[str, Any] | None:
+        record = await self.get_record(phone_id)
+        return public_view(record) if record is not None else None
+
+    async def list(self) -> list[dict[str, Any]]:
+        ids = sorted(m.decode() for m in await self._redis.smembers(self._names.phone_index))
+        views = []
+        for chunk_start in range(0, len(ids), 500):
+            chunk = ids[chunk_start : chunk_start + 500]
+            raws = await self._redis.mget([self._names.phone(i) for i in chunk]) if chunk else []
+            views.extend(public_view(orjson.loads(raw)) for raw in raws if raw is not None)
+        return views
+
+    async def delete(self, phone_id: str) -> bool:
+        previous = await self.get_record(phone_id)
+        if previous is None:
+            return False
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.delete(self._names.phone(phone_id))
+        pipe.srem(self._names.phone_index, phone_id)
+        await pipe.execute()
+        number = previous.get("config", {}).get("number")
+        if number:
+            await self._delete_number_if_owned(number, phone_id)
+        await self._announce(phone_id, None, number)
+        return True
+
+    async def _delete_number_if_owned(self, number: str, phone_id: str) -> None:
+        key = self._names.number(number)
+        owner = await self._redis.get(key)
+        if owner is not None and owner.decode() == phone_id:
+            await self._redis.delete(key)
+
+    async def _announce(self, phone_id: str, *numbers: str | None) -> None:
+        self.forget(phone_id)
+        for number in numbers:
+            if number:
+                self._numbers.discard(number)
+        message = orjson.dumps({"phone_id": phone_id, "numbers": [n for n in numbers if n]})
+        await self._redis.publish(self._names.changes_channel, message)
+
+    # ---- invalidation subscriber -------------------------------------------
+
+    def start_invalidation(self) -> None:
+        self._subscriber = asyncio.create_task(self._subscribe_forever(), name="keystore-invalidation")
+
+    async def stop_invalidation(self) -> None:
+        if self._subscriber is not None:
+            self._subscriber.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._subscriber
+            self._subscriber = None
+
+    def _on_message(self, data: bytes) -> None:
+        try:
+            message = orjson.loads(data)
+            self.forget(str(message["phone_id"]))
+            for number in message.get("numbers", []):
+                self._numbers.discard(str(number))
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            self._epoch += 1
+            self._cache.clear()
+            self._absent.clear()
+            self._numbers.clear()
+
+    async def _subscribe_forever(self) -> None:
+        backoff = 0.1
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self._names.changes_channel)
+                # Anything cached may have changed while we were not listening.
+                self._epoch += 1
+                self._cache.clear()
+                self._absent.clear()
+                self._numbers.clear()
+                self.subscribed.set()
+                metrics.PUBSUB_CONNECTED.set(1)
+                backoff = 0.1
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None and message.get("type") == "message":
+                        self._on_message(message["data"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any Redis failure: reconnect with backoff
+                metrics.REDIS_ERRORS.labels("pubsub", metrics.redis_error_class(exc)).inc()
+                log.warning("key change subscription lost (%s); retrying", type(exc).__name__)
+            finally:
+                self.subscribed.clear()
+                metrics.PUBSUB_CONNECTED.set(0)
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)

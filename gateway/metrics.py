@@ -1,0 +1,150 @@
+"""Every metric the gateway exports, declared once.
+
+Labels are limited to small fixed vocabularies (provider, route kind, outcome,
+reason, operation): never a phone id, number, key or anything a caller controls.
+With several uvicorn workers, set PROMETHEUS_MULTIPROC_DIR (`gateway serve` does)
+and /metrics aggregates every worker's values.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from gateway.errors import Reason
+
+PROVIDERS = ("plivo", "vobiz", "exotel", "telnyx", "twilio")
+KINDS = ("incoming", "status", "voice")
+OUTCOMES = ("accepted", "duplicate", "rejected", "unavailable", "too_large", "bad_request")
+MISMATCHES = ("scheme", "port", "host", "query_order", "query_encoding", "form_vs_raw", "trailing_slash", "path_prefix")
+
+REQUESTS = Counter(
+    "requests",
+    "Webhook requests by provider, route kind and outcome.",
+    ["provider", "kind", "outcome"],
+    namespace="gateway",
+)
+REJECTIONS = Counter(
+    "rejections", "Rejected webhook requests by provider and reason.", ["provider", "reason"], namespace="gateway"
+)
+LATENCY = Histogram(
+    "request_duration_seconds",
+    "Time from the first byte of the request to the answer, by provider and route kind.",
+    ["provider", "kind"],
+    namespace="gateway",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+CACHE = Counter("keystore_cache", "Phone credential cache lookups by result.", ["result"], namespace="gateway")
+REDIS_ERRORS = Counter(
+    "redis_errors", "Redis failures by operation and error class.", ["operation", "error"], namespace="gateway"
+)
+FORWARDED = Counter("forwarded", "Events appended to the dispatch stream.", ["provider"], namespace="gateway")
+DUPLICATES = Counter(
+    "duplicates",
+    "Authentic deliveries of an already-forwarded event (answered 2xx, not forwarded).",
+    ["provider"],
+    namespace="gateway",
+)
+BATCH_SIZE = Histogram(
+    "forward_batch_size",
+    "Events written per Redis round trip (group commit).",
+    namespace="gateway",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+MISMATCH = Counter(
+    "signature_mismatch",
+    "Failed signatures that would have matched had the URL/body been changed this way (diagnostic only).",
+    ["provider", "mismatch"],
+    namespace="gateway",
+)
+REDIS_UP = Gauge(
+    "redis_up", "1 when the last Redis health check succeeded.", namespace="gateway", multiprocess_mode="min"
+)
+PUBSUB_CONNECTED = Gauge(
+    "keystore_invalidation_connected",
+    "1 while this process is subscribed to key change notifications.",
+    namespace="gateway",
+    multiprocess_mode="min",
+)
+STREAM_LENGTH = Gauge(
+    "stream_length", "Entries in the dispatch stream (sampled).", namespace="gateway", multiprocess_mode="max"
+)
+STREAM_LAG = Gauge(
+    "stream_consumer_lag",
+    "Entries not yet delivered to the slowest consumer group (sampled; needs Redis >= 7).",
+    namespace="gateway",
+    multiprocess_mode="max",
+)
+STREAM_PENDING = Gauge(
+    "stream_pending",
+    "Entries delivered to a consumer group but not yet acknowledged (sampled).",
+    namespace="gateway",
+    multiprocess_mode="max",
+)
+
+
+@functools.lru_cache(maxsize=256)
+def request_counter(provider: str, kind: str, outcome: str) -> Any:
+    """The labelled child, cached: .labels() costs a lock and a dict build per call."""
+    return REQUESTS.labels(provider, kind, outcome)
+
+
+@functools.lru_cache(maxsize=64)
+def latency(provider: str, kind: str) -> Any:
+    return LATENCY.labels(provider, kind)
+
+
+def preinitialise() -> None:
+    """Create every label combination up front so rates start from 0, not from absent."""
+    for provider in PROVIDERS:
+        for kind in KINDS:
+            LATENCY.labels(provider, kind)
+            for outcome in OUTCOMES:
+                REQUESTS.labels(provider, kind, outcome)
+        for reason in Reason:
+            REJECTIONS.labels(provider, reason.value)
+        FORWARDED.labels(provider)
+        DUPLICATES.labels(provider)
+        for mismatch in MISMATCHES:
+            MISMATCH.labels(provider, mismatch)
+    for result in ("hit", "miss", "negative_hit"):
+        CACHE.labels(result)
+
+
+def render() -> tuple[bytes, str]:
+    """The /metrics payload; aggregates all workers in multiprocess mode."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def redis_error_class(exc: BaseException) -> str:
+    """A fixed label for a Redis exception (never its message, which may echo data)."""
+    import redis.exceptions as rx
+
+    if isinstance(exc, rx.ReadOnlyError):
+        return "readonly"
+    if isinstance(exc, rx.OutOfMemoryError):
+        return "oom"
+    if isinstance(exc, rx.BusyLoadingError):
+        return "loading"
+    if isinstance(exc, rx.TimeoutError | TimeoutError):
+        return "timeout"
+    if isinstance(exc, rx.ConnectionError | ConnectionError | OSError):
+        return "connection"
+    return "other"

@@ -1,0 +1,274 @@
+"""Phone records: validation of the admin PUT body, sealing, and the public (fingerprint-only) view.
+
+Stored record (JSON in Redis at KeyNames.phone(id)):
+    {"phone_id", "provider", "credentials": {non-secret fields},
+     "sealed": {secret field: sealed value},
+     "config": {non-secret config},
+     "keys": [{"kind", "fingerprint", "sealed" | "public", "created_at", "expires_at"}],
+     "created_at", "updated_at"}
+`keys` are the verification keys (newest first); other secrets (API tokens the
+gateway does not use to verify) are only sealed, never unsealed on the request path.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.providers import Key, KeyKind, PhoneCredentials, Provider
+from gateway.sealing import Sealer
+from gateway.secrets import fingerprint
+
+PHONE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+E164_RE = re.compile(r"^\+[1-9][0-9]{5,15}$")
+MAX_PREVIOUS_KEYS = 2  # current + 2 previous per kind: enough for overlapping rotations
+
+
+class InvalidRecord(ValueError):
+    """The admin body is invalid. Messages name fields, never echo values."""
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSpec:
+    required: tuple[str, ...]
+    optional: tuple[str, ...]
+    secret: frozenset[str]
+    key_fields: Mapping[str, KeyKind]  # credential field → verification key kind
+
+
+_PLIVO = FieldSpec(
+    required=("auth_id", "auth_token"),
+    optional=("main_auth_token",),
+    secret=frozenset({"auth_token", "main_auth_token"}),
+    key_fields={"auth_token": KeyKind.AUTH_TOKEN, "main_auth_token": KeyKind.MAIN_AUTH_TOKEN},
+)
+SPECS: dict[Provider, FieldSpec] = {
+    Provider.PLIVO: _PLIVO,
+    Provider.VOBIZ: _PLIVO,
+    Provider.TWILIO: FieldSpec(
+        required=("account_sid", "auth_token"),
+        optional=("webhook_signing_key", "webhook_signing_key_id"),
+        secret=frozenset({"auth_token", "webhook_signing_key"}),
+        key_fields={"auth_token": KeyKind.AUTH_TOKEN, "webhook_signing_key": KeyKind.TWILIO_SIGNING_KEY},
+    ),
+    Provider.TELNYX: FieldSpec(
+        required=("public_key",),
+        optional=("api_key",),
+        secret=frozenset({"api_key"}),
+        key_fields={"public_key": KeyKind.PUBLIC_KEY},
+    ),
+    Provider.EXOTEL: FieldSpec(
+        required=("api_key", "api_token"),
+        optional=("subdomain", "sid"),
+        secret=frozenset({"api_key", "api_token"}),
+        key_fields={},
+    ),
+}
+# Secret values that live in `config` rather than `credentials`.
+SECRET_CONFIG: dict[str, KeyKind] = {"exotel_webhook_token": KeyKind.EXOTEL_WEBHOOK_TOKEN}
+PUBLIC_KEY_KINDS = frozenset({KeyKind.PUBLIC_KEY})
+TEMPLATE_MAX_CHARS = 16_384
+
+
+def _decode_public_key(value: str) -> bytes:
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRecord("credentials.public_key must be base64") from None
+    if len(raw) != 32:
+        raise InvalidRecord("credentials.public_key must decode to 32 bytes (Ed25519)")
+    return raw
+
+
+def validate_phone_id(phone_id: str) -> str:
+    if not PHONE_ID_RE.match(phone_id):
+        raise InvalidRecord("phone_id must be 1-128 characters of A-Z a-z 0-9 _ . : - (starting alphanumeric)")
+    return phone_id
+
+
+def build_record(
+    phone_id: str,
+    body: Any,
+    sealer: Sealer,
+    previous: Mapping[str, Any] | None,
+    now: float,
+) -> dict[str, Any]:
+    """Validate an admin PUT body and produce the stored record (secrets sealed).
+
+    Rotation: `{"rotation": {"keep_previous_s": N}}` keeps the phone's current keys
+    active for N more seconds when the new body brings different ones; without it
+    the new keys replace the old ones at once.
+    """
+    validate_phone_id(phone_id)
+    if not isinstance(body, dict):
+        raise InvalidRecord("body must be a JSON object")
+    unknown = set(body) - {"provider", "credentials", "config", "rotation"}
+    if unknown:
+        raise InvalidRecord(f"unknown top-level fields: {', '.join(sorted(unknown))}")
+    try:
+        provider = Provider(body.get("provider"))
+    except ValueError:
+        raise InvalidRecord("provider must be one of: " + ", ".join(p.value for p in Provider)) from None
+    spec = SPECS[provider]
+    credentials = body.get("credentials")
+    config = body.get("config", {}) or {}
+    if not isinstance(credentials, dict):
+        raise InvalidRecord("credentials must be an object")
+    if not isinstance(config, dict):
+        raise InvalidRecord("config must be an object")
+    for name in spec.required:
+        if not isinstance(credentials.get(name), str) or not credentials[name]:
+            raise InvalidRecord(f"credentials.{name} is required for {provider.value} (a non-empty string)")
+    extra = set(credentials) - set(spec.required) - set(spec.optional)
+    if extra:
+        raise InvalidRecord(f"credentials has fields not used by {provider.value}: {', '.join(sorted(extra))}")
+    for name, value in credentials.items():
+        if not isinstance(value, str):
+            raise InvalidRecord(f"credentials.{name} must be a string")
+
+    keep_previous_s = 0
+    rotation = body.get("rotation")
+    if rotation is not None:
+        if not isinstance(rotation, dict) or set(rotation) - {"keep_previous_s"}:
+            raise InvalidRecord('rotation must be {"keep_previous_s": seconds}')
+        keep = rotation.get("keep_previous_s", 0)
+        if not isinstance(keep, int) or isinstance(keep, bool) or not 0 <= keep <= 30 * 86_400:
+            raise InvalidRecord("rotation.keep_previous_s must be an integer between 0 and 2592000")
+        keep_previous_s = keep
+
+    number = config.get("number")
+    if number is not None and (not isinstance(number, str) or not E164_RE.match(number)):
+        raise InvalidRecord("config.number must be an E.164 number such as +14155550100")
+    template = config.get("answer_template")
+    if template is not None and (not isinstance(template, str) or len(template) > TEMPLATE_MAX_CHARS):
+        raise InvalidRecord(f"config.answer_template must be a string of at most {TEMPLATE_MAX_CHARS} characters")
+    for name in SECRET_CONFIG:
+        if name in config and (not isinstance(config[name], str) or len(config[name]) < 16):
+            raise InvalidRecord(f"config.{name} must be a string of at least 16 characters")
+    if "exotel_webhook_token" in config and provider is not Provider.EXOTEL:
+        raise InvalidRecord("config.exotel_webhook_token only applies to exotel phones")
+
+    # New verification keys from this body.
+    new_keys: list[dict[str, Any]] = []
+    for field_name, kind in spec.key_fields.items():
+        value = credentials.get(field_name)
+        if value is None:
+            continue
+        new_keys.append(_key_entry(phone_id, kind, value, sealer, now))
+    for field_name, kind in SECRET_CONFIG.items():
+        if field_name in config:
+            new_keys.append(_key_entry(phone_id, kind, config[field_name], sealer, now))
+
+    keys = list(new_keys)
+    if previous and keep_previous_s and previous.get("provider") == provider.value:
+        new_fps = {k["fingerprint"] for k in new_keys}
+        kept: dict[str, int] = {}
+        for old in previous.get("keys", []):
+            if old["fingerprint"] in new_fps:
+                continue
+            expires = old.get("expires_at")
+            if expires is not None and expires <= now:
+                continue
+            if kept.get(old["kind"], 0) >= MAX_PREVIOUS_KEYS:
+                continue
+            kept[old["kind"]] = kept.get(old["kind"], 0) + 1
+            cap = now + keep_previous_s
+            keys.append({**old, "expires_at": cap if expires is None else min(expires, cap)})
+
+    plain_credentials = {k: v for k, v in credentials.items() if k not in spec.secret and k not in spec.key_fields}
+    sealed = {
+        k: sealer.seal(phone_id, v) for k, v in credentials.items() if k in spec.secret and k not in spec.key_fields
+    }
+    plain_config = {k: v for k, v in config.items() if k not in SECRET_CONFIG}
+    created_at = previous.get("created_at", now) if previous else now
+    return {
+        "phone_id": phone_id,
+        "provider": provider.value,
+        "credentials": plain_credentials,
+        "sealed": sealed,
+        "config": plain_config,
+        "keys": keys,
+        "created_at": created_at,
+        "updated_at": now,
+    }
+
+
+def _key_entry(phone_id: str, kind: KeyKind, value: str, sealer: Sealer, now: float) -> dict[str, Any]:
+    if kind in PUBLIC_KEY_KINDS:
+        raw = _decode_public_key(value)
+        return {
+            "kind": kind.value,
+            "fingerprint": fingerprint(raw),
+            "public": value,
+            "created_at": now,
+            "expires_at": None,
+        }
+    return {
+        "kind": kind.value,
+        "fingerprint": fingerprint(value.encode()),
+        "sealed": sealer.seal(phone_id, value),
+        "created_at": now,
+        "expires_at": None,
+    }
+
+
+def public_view(record: Mapping[str, Any]) -> dict[str, Any]:
+    """What the admin API and CLI show: no secret, sealed or not; fingerprints only."""
+    spec = SPECS[Provider(record["provider"])]
+    credentials: dict[str, Any] = dict(record.get("credentials", {}))
+    for name in record.get("sealed", {}):
+        credentials[name] = {"sealed": True}
+    keys = [
+        {k: v for k, v in key.items() if k in {"kind", "fingerprint", "created_at", "expires_at"}}
+        for key in record.get("keys", [])
+    ]
+    for field_name, kind in spec.key_fields.items():
+        current = next((k for k in record.get("keys", []) if k["kind"] == kind.value), None)
+        if current is not None:
+            credentials[field_name] = {"fingerprint": current["fingerprint"]}
+    config: dict[str, Any] = dict(record.get("config", {}))
+    for field_name, kind in SECRET_CONFIG.items():
+        current = next((k for k in record.get("keys", []) if k["kind"] == kind.value), None)
+        if current is not None:
+            config[field_name] = {"fingerprint": current["fingerprint"]}
+    return {
+        "phone_id": record["phone_id"],
+        "provider": record["provider"],
+        "credentials": credentials,
+        "config": config,
+        "keys": keys,
+        "created_at": record.get("created_at"),
+        "updated_at": record.get("updated_at"),
+    }
+
+
+def to_credentials(record: Mapping[str, Any], sealer: Sealer, now: float) -> PhoneCredentials:
+    """Unseal a stored record into what verifiers use (expired keys dropped, VerifyKeys prebuilt)."""
+    from nacl.signing import VerifyKey
+
+    phone_id = record["phone_id"]
+    by_kind: dict[KeyKind, list[Key]] = {}
+    for entry in record.get("keys", []):
+        expires = entry.get("expires_at")
+        if expires is not None and expires <= now:
+            continue
+        kind = KeyKind(entry["kind"])
+        if kind in PUBLIC_KEY_KINDS:
+            material = base64.b64decode(entry["public"])
+            prepared: Any = VerifyKey(material)
+        else:
+            material = sealer.open(phone_id, entry["sealed"]).encode()
+            prepared = None
+        by_kind.setdefault(kind, []).append(
+            Key(material=material, fingerprint=entry["fingerprint"], expires_at=expires, prepared=prepared)
+        )
+    return PhoneCredentials(
+        phone_id=phone_id,
+        provider=Provider(record["provider"]),
+        keys={kind: tuple(keys) for kind, keys in by_kind.items()},
+        config=dict(record.get("config", {})),
+    )

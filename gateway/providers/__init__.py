@@ -1,0 +1,91 @@
+"""Carrier verifiers: pure, synchronous functions of (request, credentials, clock).
+
+They import neither Redis nor Starlette, so they can be tested against the
+shared vectors without a server. Each verifier either returns `Verified` or
+raises `Rejected(reason)`; every parse or crypto failure inside a verifier is
+folded into a reason, never an unexpected exception.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from gateway.inbound import InboundRequest
+
+
+class Provider(enum.StrEnum):
+    PLIVO = "plivo"
+    VOBIZ = "vobiz"
+    EXOTEL = "exotel"
+    TELNYX = "telnyx"
+    TWILIO = "twilio"
+
+
+class RouteFamily(enum.StrEnum):
+    """The URL family a request arrived on; each admits some providers."""
+
+    PLIVO = "plivo"  # /plivo/... serves Plivo and Vobiz phones
+    EXOTEL = "exotel"
+    TELNYX = "telnyx"
+    TWILIO = "twilio"
+
+
+ROUTE_PROVIDERS: dict[RouteFamily, frozenset[Provider]] = {
+    RouteFamily.PLIVO: frozenset({Provider.PLIVO, Provider.VOBIZ}),
+    RouteFamily.EXOTEL: frozenset({Provider.EXOTEL}),
+    RouteFamily.TELNYX: frozenset({Provider.TELNYX}),
+    RouteFamily.TWILIO: frozenset({Provider.TWILIO}),
+}
+
+
+class KeyKind(enum.StrEnum):
+    """What a key is for. Secrets are sealed at rest; public keys are not."""
+
+    AUTH_TOKEN = "auth_token"  # Plivo/Vobiz/Twilio HMAC key (secret)
+    MAIN_AUTH_TOKEN = "main_auth_token"  # Plivo main account token for X-Plivo-Signature-Ma-V3 (secret)
+    TWILIO_SIGNING_KEY = "twilio_signing_key"  # Twilio shared webhook key, HMAC-SHA256 (secret)
+    PUBLIC_KEY = "public_key"  # Telnyx Ed25519 public key, raw 32 bytes (public)
+    EXOTEL_WEBHOOK_TOKEN = "exotel_webhook_token"  # Exotel ?token= (secret)
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """One active key. `material` is the raw secret/public key bytes, never logged."""
+
+    material: bytes = field(repr=False)
+    fingerprint: str  # short, non-reversible id safe for logs and events
+    expires_at: float | None = None  # unix seconds; None = no expiry
+    prepared: Any = field(default=None, repr=False, compare=False)  # e.g. a nacl VerifyKey built once
+
+    def active(self, now: float) -> bool:
+        return self.expires_at is None or now < self.expires_at
+
+
+@dataclass(frozen=True, slots=True)
+class PhoneCredentials:
+    """Everything a verifier needs about one phone, secrets already unsealed."""
+
+    phone_id: str
+    provider: Provider
+    keys: Mapping[KeyKind, tuple[Key, ...]]  # newest first
+    config: Mapping[str, Any] = field(default_factory=dict)
+
+    def active_keys(self, kind: KeyKind, now: float) -> tuple[Key, ...]:
+        return tuple(k for k in self.keys.get(kind, ()) if k.active(now))
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """Proof that a request is authentic."""
+
+    key_fingerprint: str | None  # which key verified it (None: Exotel IP-only)
+    nonce: str | None = None  # single-use value to remember (Plivo/Vobiz V3 nonce)
+
+
+class Verifier(Protocol):
+    def verify(self, inbound: InboundRequest, creds: PhoneCredentials, now: float) -> Verified:
+        """Return Verified, or raise Rejected(reason). Never raise anything else."""
+        ...

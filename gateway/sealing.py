@@ -1,0 +1,69 @@
+"""Encryption at rest for per-phone secrets: PyNaCl SecretBox under GATEWAY_KEK.
+
+Sealed form (a str, stored inside the phone's JSON record):
+    "v1:" + kek_id + ":" + base64(nonce || ciphertext || MAC)
+kek_id names the KEK that sealed it, so GATEWAY_KEK can be rotated: new values
+are sealed with the current KEK and old ones still open with GATEWAY_KEK_PREVIOUS.
+The phone id is bound as associated data in spirit by sealing "phone_id\\0secret":
+a sealed token copied into another phone's record does not open there.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+
+import nacl.exceptions
+import nacl.secret
+import nacl.utils
+
+_VERSION = "v1"
+
+
+class SealError(Exception):
+    """A sealed value cannot be opened (wrong KEK, tampered, or for another phone)."""
+
+
+def kek_id(kek: bytes) -> str:
+    return hashlib.blake2b(kek, digest_size=4, person=b"gw-kek-id").hexdigest()
+
+
+class Sealer:
+    def __init__(self, kek: bytes, previous: tuple[bytes, ...] = ()) -> None:
+        if len(kek) != nacl.secret.SecretBox.KEY_SIZE:
+            raise ValueError("KEK must be 32 bytes")
+        self._current_id = kek_id(kek)
+        self._current = nacl.secret.SecretBox(kek)
+        self._boxes = {self._current_id: self._current}
+        for old in previous:
+            self._boxes.setdefault(kek_id(old), nacl.secret.SecretBox(old))
+
+    @property
+    def current_kek_id(self) -> str:
+        return self._current_id
+
+    def seal(self, phone_id: str, secret: str) -> str:
+        plaintext = phone_id.encode() + b"\0" + secret.encode()
+        box = self._current.encrypt(plaintext, nacl.utils.random(nacl.secret.SecretBox.NONCE_SIZE))
+        return f"{_VERSION}:{self._current_id}:{base64.b64encode(bytes(box)).decode()}"
+
+    def open(self, phone_id: str, sealed: str) -> str:
+        try:
+            version, key_id, payload = sealed.split(":", 2)
+        except ValueError:
+            raise SealError("not a sealed value") from None
+        box = self._boxes.get(key_id)
+        if version != _VERSION or box is None:
+            raise SealError(f"sealed with an unknown KEK ({key_id!r}); set GATEWAY_KEK_PREVIOUS")
+        try:
+            plaintext = box.decrypt(base64.b64decode(payload, validate=True))
+        except (nacl.exceptions.CryptoError, binascii.Error, ValueError):
+            raise SealError("sealed value does not open under its KEK (tampered?)") from None
+        owner, _, secret = plaintext.partition(b"\0")
+        if owner != phone_id.encode():
+            raise SealError("sealed value belongs to another phone")
+        return secret.decode()
+
+    def needs_reseal(self, sealed: str) -> bool:
+        return not sealed.startswith(f"{_VERSION}:{self._current_id}:")

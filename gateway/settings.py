@@ -1,0 +1,332 @@
+"""Settings from the environment (or config/gateway.toml), validated once at start-up.
+
+Every setting has one name, the environment variable's (e.g. GATEWAY_REDIS_URL);
+a TOML file may set the same names in a `[gateway]` table, and the environment
+wins. Any invalid value stops start-up with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from gateway.secrets import Secret
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+REPO_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+DEFAULT_TOML = Path("config/gateway.toml")
+DEFAULT_EXOTEL_IPS_FILE = REPO_CONFIG_DIR / "exotel_allowed_ips.txt"
+
+DEFAULT_PLIVO_ANSWER = '<?xml version="1.0" encoding="UTF-8"?>\n<Response></Response>\n'
+DEFAULT_TWILIO_ANSWER = '<?xml version="1.0" encoding="UTF-8"?>\n<Response></Response>\n'
+
+
+class SettingsError(ValueError):
+    """An invalid setting; the message names the variable and never echoes a secret."""
+
+
+@dataclass(frozen=True, slots=True)
+class PublicBase:
+    scheme: str
+    netloc: str
+    path_prefix: str  # "" or "/prefix" without trailing slash
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    kek: Secret
+    redis_url: str | None = None  # None → embedded server (single machine only)
+    redis_cluster: bool = False
+    public_base: PublicBase | None = None
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    exotel_allowed_ips: str | None = None  # raw EXOTEL_ALLOWED_IPS; None → built-in list file
+    exotel_allowed_ips_file: Path = DEFAULT_EXOTEL_IPS_FILE
+    admin_token: Secret | None = None
+    admin_port: int | None = None
+    admin_host: str = "127.0.0.1"
+    kek_previous: tuple[Secret, ...] = ()
+    stream: str = "gateway:events"
+    stream_maxlen: int = 0  # 0 = never trim (trimming could drop unconsumed events)
+    key_prefix: str = "gateway"
+    max_body_bytes: int = 64 * 1024
+    telnyx_tolerance_s: int = 300  # telnyx-python webhook_verification.py default
+    nonce_ttl_s: int = 86_400
+    idempotency_ttl_s: int = 86_400
+    cache_ttl_s: float = 5.0
+    negative_cache_ttl_s: float = 1.0
+    cache_max_entries: int = 10_000
+    redis_timeout_s: float = 1.0
+    redis_connect_timeout_s: float = 0.5
+    redis_max_connections: int = 64
+    plivo_answer_template: str = DEFAULT_PLIVO_ANSWER
+    twilio_answer_template: str = DEFAULT_TWILIO_ANSWER
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    log_level: str = "info"
+    timeout_keep_alive_s: int = 5
+    limit_concurrency: int = 2048
+    backlog: int = 2048
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:  # dataclass repr is fine (Secrets mask themselves) but keep it short
+        return f"Settings(redis_url={'set' if self.redis_url else 'embedded'}, stream={self.stream!r}, ...)"
+
+
+def _parse_bool(name: str, raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise SettingsError(f"{name} has value {raw!r}: not a valid boolean (use true/false)")
+
+
+def _parse_int(name: str, raw: str, *, minimum: int, maximum: int | None = None) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise SettingsError(f"{name} has value {raw!r}: not an integer") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+        raise SettingsError(f"{name} has value {value}: must be {bound}")
+    return value
+
+
+def _parse_float(name: str, raw: str, *, minimum: float) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise SettingsError(f"{name} has value {raw!r}: not a number") from None
+    if not value >= minimum:  # also rejects NaN
+        raise SettingsError(f"{name} has value {raw!r}: must be >= {minimum}")
+    return value
+
+
+def parse_networks(name: str, raw: str) -> tuple[IPNetwork, ...]:
+    """Comma-separated IPs/CIDRs; an invalid entry is an error, never silently dropped."""
+    networks: list[IPNetwork] = []
+    for entry in raw.split(","):
+        entry = entry.strip()
+        if not entry:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=True))
+        except ValueError:
+            raise SettingsError(f"{name} has an invalid entry {entry!r}: expected an IP address or CIDR") from None
+    return tuple(networks)
+
+
+def parse_key32(name: str, raw: str) -> bytes:
+    """A 32-byte key given as 64 hex characters or (url-safe) base64."""
+    text = raw.strip()
+    candidates: list[bytes] = []
+    if len(text) == 64:
+        try:
+            candidates.append(bytes.fromhex(text))
+        except ValueError:
+            pass
+    for decoder in (base64.b64decode, base64.urlsafe_b64decode):
+        try:
+            candidates.append(decoder(text + "=" * (-len(text) % 4)))
+        except (binascii.Error, ValueError):
+            pass
+    for candidate in candidates:
+        if len(candidate) == 32:
+            return candidate
+    raise SettingsError(f"{name} must be 32 random bytes as 64 hex characters or base64 (generate: gateway genkey)")
+
+
+def parse_public_base(name: str, raw: str) -> PublicBase:
+    parts = urlsplit(raw.strip())
+    if parts.scheme not in {"http", "https"} or not parts.netloc or parts.query or parts.fragment:
+        raise SettingsError(
+            f"{name} has value {raw!r}: expected scheme://host[:port][/prefix], e.g. https://hooks.example.com"
+        )
+    if "@" in parts.netloc:
+        raise SettingsError(f"{name} must not contain credentials")
+    return PublicBase(parts.scheme, parts.netloc, parts.path.rstrip("/"))
+
+
+def _read_template(name: str, raw: str) -> str:
+    """Inline template text, or @/path/to/file."""
+    if raw.startswith("@"):
+        try:
+            return Path(raw[1:]).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise SettingsError(f"{name}: cannot read template file {raw[1:]!r}: {exc.strerror}") from None
+    return raw
+
+
+def load_toml(path: Path) -> dict[str, str]:
+    """The `[gateway]` table of a TOML file, values as strings (same names as the environment)."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SettingsError(f"GATEWAY_CONFIG: cannot read {str(path)!r}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"GATEWAY_CONFIG: {str(path)!r} is not valid TOML: {exc}") from None
+    table = data.get("gateway", {})
+    if not isinstance(table, dict):
+        raise SettingsError(f"GATEWAY_CONFIG: {str(path)!r} must have a [gateway] table")
+    out: dict[str, str] = {}
+    for key, value in table.items():
+        if key not in KNOWN_NAMES:
+            raise SettingsError(f"GATEWAY_CONFIG: unknown setting {key!r} in {str(path)!r}")
+        if isinstance(value, bool):
+            out[key] = "true" if value else "false"
+        elif isinstance(value, list):
+            out[key] = ",".join(str(v) for v in value)
+        else:
+            out[key] = str(value)
+    return out
+
+
+KNOWN_NAMES = frozenset(
+    {
+        "GATEWAY_REDIS_URL",
+        "GATEWAY_REDIS_CLUSTER",
+        "GATEWAY_PUBLIC_BASE_URL",
+        "GATEWAY_TRUSTED_PROXIES",
+        "EXOTEL_ALLOWED_IPS",
+        "GATEWAY_EXOTEL_ALLOWED_IPS_FILE",
+        "GATEWAY_ADMIN_TOKEN",
+        "GATEWAY_ADMIN_PORT",
+        "GATEWAY_ADMIN_HOST",
+        "GATEWAY_KEK",
+        "GATEWAY_KEK_PREVIOUS",
+        "GATEWAY_STREAM",
+        "GATEWAY_STREAM_MAXLEN",
+        "GATEWAY_KEY_PREFIX",
+        "GATEWAY_MAX_BODY_BYTES",
+        "GATEWAY_TELNYX_TOLERANCE_S",
+        "GATEWAY_NONCE_TTL_S",
+        "GATEWAY_IDEMPOTENCY_TTL_S",
+        "GATEWAY_CACHE_TTL_S",
+        "GATEWAY_NEGATIVE_CACHE_TTL_S",
+        "GATEWAY_CACHE_MAX_ENTRIES",
+        "GATEWAY_REDIS_TIMEOUT_S",
+        "GATEWAY_REDIS_CONNECT_TIMEOUT_S",
+        "GATEWAY_REDIS_MAX_CONNECTIONS",
+        "GATEWAY_PLIVO_ANSWER_TEMPLATE",
+        "GATEWAY_TWILIO_ANSWER_TEMPLATE",
+        "GATEWAY_HOST",
+        "GATEWAY_PORT",
+        "GATEWAY_WORKERS",
+        "GATEWAY_LOG_LEVEL",
+        "GATEWAY_TIMEOUT_KEEP_ALIVE_S",
+        "GATEWAY_LIMIT_CONCURRENCY",
+        "GATEWAY_BACKLOG",
+    }
+)
+
+
+def from_env(environ: Mapping[str, str] | None = None, toml_path: Path | None = None) -> Settings:
+    """Build and validate Settings. Raises SettingsError naming the first bad variable."""
+    env = dict(os.environ if environ is None else environ)
+    path = toml_path or (Path(env["GATEWAY_CONFIG"]) if env.get("GATEWAY_CONFIG") else None)
+    if path is None and DEFAULT_TOML.is_file():
+        path = DEFAULT_TOML
+    values: dict[str, str] = load_toml(path) if path is not None else {}
+    values.update({k: v for k, v in env.items() if k in KNOWN_NAMES})
+
+    def get(name: str) -> str | None:
+        value = values.get(name)
+        return value if value not in (None, "") else None
+
+    kek_raw = get("GATEWAY_KEK")
+    if kek_raw is None:
+        raise SettingsError("GATEWAY_KEK is not set: it encrypts auth tokens at rest (generate: gateway genkey)")
+    kek = Secret(base64.b64encode(parse_key32("GATEWAY_KEK", kek_raw)).decode())
+    previous = tuple(
+        Secret(base64.b64encode(parse_key32("GATEWAY_KEK_PREVIOUS", part)).decode())
+        for part in (get("GATEWAY_KEK_PREVIOUS") or "").split(",")
+        if part.strip()
+    )
+
+    kwargs: dict[str, Any] = {"kek": kek, "kek_previous": previous}
+    if (url := get("GATEWAY_REDIS_URL")) is not None:
+        scheme = urlsplit(url).scheme
+        if scheme not in {"redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel"}:
+            raise SettingsError("GATEWAY_REDIS_URL must start with redis://, rediss://, unix:// or redis+sentinel://")
+        kwargs["redis_url"] = url
+    if (raw := get("GATEWAY_REDIS_CLUSTER")) is not None:
+        kwargs["redis_cluster"] = _parse_bool("GATEWAY_REDIS_CLUSTER", raw)
+    if (raw := get("GATEWAY_PUBLIC_BASE_URL")) is not None:
+        kwargs["public_base"] = parse_public_base("GATEWAY_PUBLIC_BASE_URL", raw)
+    if (raw := get("GATEWAY_TRUSTED_PROXIES")) is not None:
+        kwargs["trusted_proxies"] = parse_networks("GATEWAY_TRUSTED_PROXIES", raw)
+    if "EXOTEL_ALLOWED_IPS" in values:  # set but empty is meaningful: "allow nobody"
+        parse_networks("EXOTEL_ALLOWED_IPS", values["EXOTEL_ALLOWED_IPS"])
+        kwargs["exotel_allowed_ips"] = values["EXOTEL_ALLOWED_IPS"]
+    if (raw := get("GATEWAY_EXOTEL_ALLOWED_IPS_FILE")) is not None:
+        kwargs["exotel_allowed_ips_file"] = Path(raw)
+    if (raw := get("GATEWAY_ADMIN_TOKEN")) is not None:
+        if len(raw) < 24:
+            raise SettingsError("GATEWAY_ADMIN_TOKEN is too short: use at least 24 random characters")
+        kwargs["admin_token"] = Secret(raw)
+    if (raw := get("GATEWAY_STREAM")) is not None:
+        kwargs["stream"] = raw
+    if (raw := get("GATEWAY_KEY_PREFIX")) is not None:
+        if "{" in raw or "}" in raw:
+            raise SettingsError("GATEWAY_KEY_PREFIX must not contain braces (they are Redis Cluster hash tags)")
+        kwargs["key_prefix"] = raw
+    for name, attr in (
+        ("GATEWAY_PLIVO_ANSWER_TEMPLATE", "plivo_answer_template"),
+        ("GATEWAY_TWILIO_ANSWER_TEMPLATE", "twilio_answer_template"),
+    ):
+        if (raw := get(name)) is not None:
+            kwargs[attr] = _read_template(name, raw)
+    if (raw := get("GATEWAY_HOST")) is not None:
+        kwargs["host"] = raw
+    if (raw := get("GATEWAY_ADMIN_HOST")) is not None:
+        kwargs["admin_host"] = raw
+    if (raw := get("GATEWAY_LOG_LEVEL")) is not None:
+        if raw.lower() not in {"critical", "error", "warning", "info", "debug"}:
+            raise SettingsError(f"GATEWAY_LOG_LEVEL has value {raw!r}: use critical, error, warning, info or debug")
+        kwargs["log_level"] = raw.lower()
+
+    int_settings: list[tuple[str, str, int, int | None]] = [
+        ("GATEWAY_ADMIN_PORT", "admin_port", 1, 65535),
+        ("GATEWAY_STREAM_MAXLEN", "stream_maxlen", 0, None),
+        ("GATEWAY_MAX_BODY_BYTES", "max_body_bytes", 1024, 16 * 1024 * 1024),
+        ("GATEWAY_TELNYX_TOLERANCE_S", "telnyx_tolerance_s", 1, 3600),
+        ("GATEWAY_NONCE_TTL_S", "nonce_ttl_s", 60, None),
+        ("GATEWAY_IDEMPOTENCY_TTL_S", "idempotency_ttl_s", 60, None),
+        ("GATEWAY_CACHE_MAX_ENTRIES", "cache_max_entries", 1, None),
+        ("GATEWAY_REDIS_MAX_CONNECTIONS", "redis_max_connections", 2, None),
+        ("GATEWAY_PORT", "port", 0, 65535),
+        ("GATEWAY_WORKERS", "workers", 1, 256),
+        ("GATEWAY_TIMEOUT_KEEP_ALIVE_S", "timeout_keep_alive_s", 1, 3600),
+        ("GATEWAY_LIMIT_CONCURRENCY", "limit_concurrency", 1, None),
+        ("GATEWAY_BACKLOG", "backlog", 1, None),
+    ]
+    for name, attr, minimum, maximum in int_settings:
+        if (raw := get(name)) is not None:
+            kwargs[attr] = _parse_int(name, raw, minimum=minimum, maximum=maximum)
+    float_settings: list[tuple[str, str, float]] = [
+        ("GATEWAY_CACHE_TTL_S", "cache_ttl_s", 0.0),
+        ("GATEWAY_NEGATIVE_CACHE_TTL_S", "negative_cache_ttl_s", 0.0),
+        ("GATEWAY_REDIS_TIMEOUT_S", "redis_timeout_s", 0.01),
+        ("GATEWAY_REDIS_CONNECT_TIMEOUT_S", "redis_connect_timeout_s", 0.01),
+    ]
+    for name, attr, fminimum in float_settings:
+        if (raw := get(name)) is not None:
+            kwargs[attr] = _parse_float(name, raw, minimum=fminimum)
+    settings = Settings(**kwargs)
+    if settings.admin_port is not None and settings.admin_port == settings.port:
+        raise SettingsError("GATEWAY_ADMIN_PORT must differ from GATEWAY_PORT")
+    return settings
+
+
+def kek_bytes(secret: Secret) -> bytes:
+    return base64.b64decode(secret.reveal())

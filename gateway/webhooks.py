@@ -1,0 +1,307 @@
+"""The webhook request path, and the only place that knows the order of the steps:
+
+    route → read bounded body → resolve phone → verify → replay/duplicate check +
+    durable forward (one Redis round trip, group-committed) → answer.
+
+Pure ASGI on purpose: this runs on every carrier callback, so it avoids
+middleware stacks and per-request objects it does not need.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from nacl.signing import VerifyKey
+
+from gateway import metrics
+from gateway.answers import AnswerTemplates
+from gateway.asgi_io import (
+    BadContentLength,
+    BodyTooLarge,
+    ClientDisconnected,
+    Receive,
+    Scope,
+    Send,
+    declared_length,
+    read_body,
+    respond,
+)
+from gateway.errors import RETRY_AFTER_S, UNAVAILABLE_ANSWER, Reason, Rejected, Unavailable, answer_for
+from gateway.events import build_event
+from gateway.forwarder import Forwarder, Outcome
+from gateway.inbound import InboundRequest
+from gateway.keystore import KeyStore
+from gateway.providers import (
+    ROUTE_PROVIDERS,
+    Key,
+    KeyKind,
+    PhoneCredentials,
+    Provider,
+    RouteFamily,
+    Verifier,
+    exotel,
+    plivo,
+    telnyx,
+    twilio,
+)
+from gateway.proxy import OriginResolver
+
+access_log = logging.getLogger("gateway.access")
+log = logging.getLogger("gateway.webhooks")
+
+IdempotencyFn = Callable[[InboundRequest, str], "str | None"]
+
+IDEMPOTENCY: dict[Provider, IdempotencyFn] = {
+    Provider.PLIVO: plivo.idempotency_key,
+    Provider.VOBIZ: plivo.idempotency_key,
+    Provider.TWILIO: twilio.idempotency_key,
+    Provider.TELNYX: telnyx.idempotency_key,
+    Provider.EXOTEL: exotel.idempotency_key,
+}
+CALL_ID_PARAM: dict[Provider, str] = {
+    Provider.PLIVO: "CallUUID",
+    Provider.VOBIZ: "CallUUID",
+    Provider.TWILIO: "CallSid",
+}
+ALLOWED_METHODS = frozenset({"GET", "POST"})
+_RETRY_AFTER = [(b"retry-after", str(RETRY_AFTER_S).encode())]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    family: RouteFamily
+    kind: str  # incoming | status | voice
+    phone_id: str | None
+
+
+def match_route(path: str) -> Route | None:
+    """Webhook routes from design.md; anything else is not a webhook."""
+    parts = path.split("/")
+    # ["", family, kind, phone_id]
+    if len(parts) == 4 and parts[0] == "" and parts[2] in ("incoming", "status") and parts[3]:
+        family = parts[1]
+        if family == "plivo":
+            return Route(RouteFamily.PLIVO, parts[2], parts[3])
+        if family == "twilio":
+            return Route(RouteFamily.TWILIO, parts[2], parts[3])
+        if family == "exotel":
+            return Route(RouteFamily.EXOTEL, parts[2], parts[3])
+        return None
+    if len(parts) >= 4 and parts[1] == "webhooks" and parts[2] == "telnyx" and parts[3] == "voice":
+        if len(parts) == 4:
+            return Route(RouteFamily.TELNYX, "voice", None)
+        if len(parts) == 5 and parts[4]:
+            return Route(RouteFamily.TELNYX, "voice", parts[4])
+    return None
+
+
+def _decoys() -> dict[RouteFamily, PhoneCredentials]:
+    """Credentials no request can match, verified against for unknown phones.
+
+    An unknown phone id then gets exactly the answer a real phone gives for a bad
+    signature (401 when unsigned, 403 otherwise), so phone ids cannot be enumerated.
+    """
+
+    def key(material: bytes, prepared: object = None) -> Key:
+        return Key(material=material, fingerprint="decoy", prepared=prepared)
+
+    public = secrets.token_bytes(32)
+    return {
+        RouteFamily.PLIVO: PhoneCredentials(
+            "decoy", Provider.VOBIZ, {KeyKind.AUTH_TOKEN: (key(secrets.token_bytes(32)),)}
+        ),
+        RouteFamily.TWILIO: PhoneCredentials(
+            "decoy", Provider.TWILIO, {KeyKind.AUTH_TOKEN: (key(secrets.token_bytes(32)),)}
+        ),
+        RouteFamily.TELNYX: PhoneCredentials(
+            "decoy", Provider.TELNYX, {KeyKind.PUBLIC_KEY: (key(public, VerifyKey(public)),)}
+        ),
+        RouteFamily.EXOTEL: PhoneCredentials(
+            "decoy", Provider.EXOTEL, {KeyKind.EXOTEL_WEBHOOK_TOKEN: (key(secrets.token_urlsafe(24).encode()),)}
+        ),
+    }
+
+
+class WebhookHandler:
+    def __init__(
+        self,
+        *,
+        keystore: KeyStore,
+        forwarder: Forwarder,
+        verifiers: dict[Provider, Verifier],
+        answers: AnswerTemplates,
+        origin: OriginResolver,
+        max_body_bytes: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._keystore = keystore
+        self._forwarder = forwarder
+        self._verifiers = verifiers
+        self._answers = answers
+        self._origin = origin
+        self._max_body = max_body_bytes
+        self._clock = clock
+        self._decoys = _decoys()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, route: Route) -> None:
+        started = time.perf_counter()
+        provider_label = route.family.value
+        status, outcome, reason = 500, "bad_request", ""
+        try:
+            status, outcome, reason, provider_label = await self._handle(scope, receive, send, route)
+        except ClientDisconnected:
+            status, outcome, reason = 499, "bad_request", "client_disconnected"
+        finally:
+            metrics.request_counter(provider_label, route.kind, outcome).inc()
+            metrics.latency(provider_label, route.kind).observe(time.perf_counter() - started)
+            if access_log.isEnabledFor(logging.INFO):
+                client = scope.get("client")
+                access_log.info(
+                    '%s "%s %s" %d %s %s%s %.1fms',
+                    client[0] if client else "-",
+                    scope.get("method", "-"),
+                    scope.get("path", "-"),  # never the query string: Exotel's ?token= is a secret
+                    status,
+                    provider_label,
+                    outcome,
+                    f" reason={reason}" if reason else "",
+                    (time.perf_counter() - started) * 1000,
+                )
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send, route: Route) -> tuple[int, str, str, str]:
+        provider_label = route.family.value
+        method = scope["method"]
+        if method not in ALLOWED_METHODS:
+            return await self._reject(send, Reason.METHOD_NOT_ALLOWED, provider_label, extra=[(b"allow", b"GET, POST")])
+
+        headers: dict[str, str] = {}
+        duplicates: set[str] = set()
+        for raw_name, raw_value in scope["headers"]:
+            name = raw_name.decode("latin-1").lower()
+            value = raw_value.decode("latin-1")
+            if name in headers:
+                duplicates.add(name)
+                if name == "x-forwarded-for":
+                    headers[name] = f"{headers[name]},{value}"
+                continue
+            headers[name] = value
+
+        try:
+            length = declared_length(headers.get("content-length"))
+            body = await read_body(receive, length, self._max_body)
+        except BodyTooLarge:
+            metrics.REJECTIONS.labels(provider_label, Reason.BODY_TOO_LARGE.value).inc()
+            status, text = answer_for(Reason.BODY_TOO_LARGE)
+            await respond(send, status, text, extra_headers=[(b"connection", b"close")])
+            return status, "too_large", Reason.BODY_TOO_LARGE.value, provider_label
+        except BadContentLength:
+            return await self._reject(send, Reason.MALFORMED_REQUEST, provider_label)
+
+        client = scope.get("client")
+        origin = self._origin.resolve(client[0] if client else None, scope.get("scheme", "http"), headers)
+        raw_path = scope.get("raw_path")
+        path = raw_path.decode("latin-1") if raw_path else scope["path"]
+        inbound = InboundRequest(
+            method=method,
+            scheme=origin.scheme,
+            netloc=origin.netloc,
+            raw_path=origin.path_prefix + path,
+            query_string=scope.get("query_string", b"").decode("latin-1"),
+            headers=headers,
+            body=body,
+            client_ip=origin.client_ip,
+            duplicate_headers=frozenset(duplicates),
+        )
+        now = self._clock()
+        try:
+            creds = await self._resolve_phone(route, inbound)
+        except Unavailable:
+            return await self._unavailable(send, provider_label)
+        if creds is None or creds.provider not in ROUTE_PROVIDERS[route.family]:
+            return await self._reject_unknown(send, route, inbound, now)
+        provider = creds.provider
+        provider_label = provider.value
+        try:
+            verified = self._verifiers[provider].verify(inbound, creds, now)
+            idempotency_key = IDEMPOTENCY[provider](inbound, route.kind)
+            event = build_event(
+                inbound,
+                provider=provider_label,
+                phone_id=creds.phone_id,
+                kind=route.kind,
+                received_at=now,
+                idempotency_key=idempotency_key,
+                key_fingerprint=verified.key_fingerprint,
+                redact_token=provider is Provider.EXOTEL,
+            )
+            result, _entry_id = await self._forwarder.forward(
+                creds.phone_id, event, nonce=verified.nonce, idempotency_key=idempotency_key
+            )
+        except Rejected as rejection:
+            return await self._reject(send, rejection.reason, provider_label)
+        except Unavailable:
+            return await self._unavailable(send, provider_label)
+
+        if result is Outcome.REPLAY:
+            return await self._reject(send, Reason.REPLAYED_NONCE, provider_label)
+        if result is Outcome.DUPLICATE:
+            metrics.DUPLICATES.labels(provider_label).inc()
+            outcome = "duplicate"
+        else:
+            metrics.FORWARDED.labels(provider_label).inc()
+            outcome = "accepted"
+        call_param = CALL_ID_PARAM.get(provider)
+        call_id = inbound.params().get(call_param) if call_param else None
+        answer, content_type = self._answers.render(
+            provider, route.kind, creds.phone_id, call_id, creds.config.get("answer_template")
+        )
+        await respond(send, 200, answer, content_type)
+        return 200, outcome, "", provider_label
+
+    async def _resolve_phone(self, route: Route, inbound: InboundRequest) -> PhoneCredentials | None:
+        if route.phone_id is not None:
+            return await self._keystore.credentials(route.phone_id)
+        # Telnyx without a phone in the path: find it from the event's own number.
+        for number in telnyx.event_numbers(inbound.body):
+            phone_id = await self._keystore.phone_for_number(number)
+            if phone_id is not None:
+                return await self._keystore.credentials(phone_id)
+        return None
+
+    async def _reject_unknown(
+        self, send: Send, route: Route, inbound: InboundRequest, now: float
+    ) -> tuple[int, str, str, str]:
+        """Answer an unknown phone exactly as the decoy's verifier does, and count the true reason."""
+        decoy = self._decoys[route.family]
+        answered = Reason.INVALID_SIGNATURE
+        try:
+            self._verifiers[decoy.provider].verify(inbound, decoy, now)
+        except Rejected as rejection:
+            answered = rejection.reason
+        metrics.REJECTIONS.labels(route.family.value, Reason.UNKNOWN_PHONE.value).inc()
+        status, text = answer_for(answered)
+        await respond(send, status, text)
+        return (
+            status,
+            "rejected" if status in (401, 403) else "bad_request",
+            Reason.UNKNOWN_PHONE.value,
+            route.family.value,
+        )
+
+    async def _unavailable(self, send: Send, provider_label: str) -> tuple[int, str, str, str]:
+        status, text = UNAVAILABLE_ANSWER
+        await respond(send, status, text, extra_headers=_RETRY_AFTER)
+        return status, "unavailable", "", provider_label
+
+    async def _reject(
+        self, send: Send, reason: Reason, provider_label: str, extra: list[tuple[bytes, bytes]] | None = None
+    ) -> tuple[int, str, str, str]:
+        metrics.REJECTIONS.labels(provider_label, reason.value).inc()
+        status, text = answer_for(reason)
+        await respond(send, status, text, extra_headers=extra)
+        outcome = "bad_request" if status in (400, 405) else "rejected"
+        return status, outcome, reason.value, provider_label
