@@ -113,9 +113,7 @@ def serve(args: argparse.Namespace) -> int:
     try:
         sockets = [_bind(settings.host, settings.port, settings.backlog)]
         if settings.admin_port is not None:
-            sockets.append(
-                _bind(settings.host_admin if hasattr(settings, "host_admin") else "127.0.0.1", settings.admin_port, 128)
-            )
+            sockets.append(_bind(settings.admin_host, settings.admin_port, 128))
     except OSError as exc:
         sys.stderr.write(f"gateway: cannot listen: {exc.strerror}\n")
         return STARTUP_FAILURE
