@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import pytest
+
+from gateway.sealing import SealError, Sealer
+
+KEK_A = b"a" * 32
+KEK_B = b"b" * 32
+
+
+def test_round_trip_and_no_plaintext() -> None:
+    sealer = Sealer(KEK_A)
+    sealed = sealer.seal("ph_1", "super-secret-token")
+    assert "super-secret-token" not in sealed
+    assert sealer.open("ph_1", sealed) == "super-secret-token"
+
+
+def test_each_seal_is_fresh() -> None:
+    sealer = Sealer(KEK_A)
+    assert sealer.seal("ph_1", "t") != sealer.seal("ph_1", "t")
+
+
+def test_bound_to_phone() -> None:
+    sealer = Sealer(KEK_A)
+    sealed = sealer.seal("ph_1", "token")
+    with pytest.raises(SealError):
+        sealer.open("ph_2", sealed)
+
+
+def test_wrong_kek_and_tamper() -> None:
+    sealed = Sealer(KEK_A).seal("ph_1", "token")
+    with pytest.raises(SealError):
+        Sealer(KEK_B).open("ph_1", sealed)
+    tampered = sealed[:-4] + ("AAAA" if not sealed.endswith("AAAA") else "BBBB")
+    with pytest.raises(SealError):
+        Sealer(KEK_A).open("ph_1", tampered)
+    with pytest.raises(SealError):
+        Sealer(KEK_A).open("ph_1", "garbage")
+
+
+def test_kek_rotation() -> None:
+    sealed_old = Sealer(KEK_A).seal("ph_1", "token")
+    rotated = Sealer(KEK_B, previous=(KEK_A,))
+    assert rotated.open("ph_1", sealed_old) == "token"
+    assert rotated.needs_reseal(sealed_old)
+    assert not rotated.needs_reseal(rotated.seal("ph_1", "token"))

@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.settings import SettingsError, from_env
+from tests.support import KEK
+
+BASE = {"GATEWAY_KEK": KEK}
+
+
+def test_defaults() -> None:
+    settings = from_env(BASE, toml_path=None)
+    assert settings.stream == "gateway:events"
+    assert settings.redis_url is None
+    assert settings.telnyx_tolerance_s == 300
+    assert settings.max_body_bytes == 64 * 1024
+    assert settings.admin_token is None
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("GATEWAY_MAX_BODY_BYTES", "lots"),
+        ("GATEWAY_MAX_BODY_BYTES", "10"),
+        ("GATEWAY_TELNYX_TOLERANCE_S", "-1"),
+        ("GATEWAY_TRUSTED_PROXIES", "10.0.0.0/33"),
+        ("GATEWAY_TRUSTED_PROXIES", "10.0.0.1/8"),  # host bits set: strict parsing
+        ("EXOTEL_ALLOWED_IPS", "203.0.113.0/24,not-an-ip"),
+        ("GATEWAY_PUBLIC_BASE_URL", "hooks.example.com"),
+        ("GATEWAY_PUBLIC_BASE_URL", "ftp://hooks.example.com"),
+        ("GATEWAY_REDIS_URL", "http://localhost:6379"),
+        ("GATEWAY_REDIS_CLUSTER", "maybe"),
+        ("GATEWAY_CACHE_TTL_S", "nan"),
+        ("GATEWAY_LOG_LEVEL", "loud"),
+    ],
+)
+def test_invalid_value_names_the_variable(name: str, value: str) -> None:
+    with pytest.raises(SettingsError) as excinfo:
+        from_env({**BASE, name: value}, toml_path=None)
+    assert name in str(excinfo.value)
+
+
+def test_kek_required_and_validated() -> None:
+    with pytest.raises(SettingsError, match="GATEWAY_KEK"):
+        from_env({}, toml_path=None)
+    with pytest.raises(SettingsError, match="GATEWAY_KEK") as excinfo:
+        from_env({"GATEWAY_KEK": "c2hvcnQ="}, toml_path=None)
+    assert "c2hvcnQ" not in str(excinfo.value)  # never echo a secret
+
+
+def test_kek_accepts_hex_and_base64() -> None:
+    assert from_env({"GATEWAY_KEK": "ab" * 32}, toml_path=None).kek
+    assert from_env(BASE, toml_path=None).kek
+
+
+def test_secrets_do_not_print() -> None:
+    token = "admin-token-that-must-not-print-123"
+    settings = from_env({**BASE, "GATEWAY_ADMIN_TOKEN": token}, toml_path=None)
+    assert token not in repr(settings)
+    assert token not in repr(settings.admin_token)
+    assert token not in str(settings.admin_token)
+    assert KEK not in repr(settings.kek)
+    assert settings.admin_token is not None and settings.admin_token.reveal() == token
+
+
+def test_short_admin_token_rejected() -> None:
+    with pytest.raises(SettingsError, match="GATEWAY_ADMIN_TOKEN"):
+        from_env({**BASE, "GATEWAY_ADMIN_TOKEN": "short"}, toml_path=None)
+
+
+def test_toml_file_and_env_precedence(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_text(
+        '[gateway]\nGATEWAY_STREAM = "from:toml"\nGATEWAY_MAX_BODY_BYTES = 2048\n'
+        'GATEWAY_TRUSTED_PROXIES = ["10.0.0.0/8", "192.0.2.1"]\n'
+    )
+    settings = from_env({**BASE, "GATEWAY_MAX_BODY_BYTES": "4096"}, toml_path=path)
+    assert settings.stream == "from:toml"
+    assert settings.max_body_bytes == 4096
+    assert len(settings.trusted_proxies) == 2
+
+
+def test_toml_unknown_key_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_text('[gateway]\nGATEWAY_STRAEM = "typo"\n')
+    with pytest.raises(SettingsError, match="GATEWAY_STRAEM"):
+        from_env(BASE, toml_path=path)
+
+
+def test_empty_exotel_allowlist_is_explicit() -> None:
+    settings = from_env({**BASE, "EXOTEL_ALLOWED_IPS": ""}, toml_path=None)
+    assert settings.exotel_allowed_ips == ""
+
+
+def test_public_base_url_parsed() -> None:
+    settings = from_env({**BASE, "GATEWAY_PUBLIC_BASE_URL": "https://hooks.example.com:8443/edge/"}, toml_path=None)
+    assert settings.public_base is not None
+    assert (settings.public_base.scheme, settings.public_base.netloc, settings.public_base.path_prefix) == (
+        "https",
+        "hooks.example.com:8443",
+        "/edge",
+    )
