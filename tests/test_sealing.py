@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.sealing import SealError, Sealer
+from gateway.sealing import Sealer, SealError
 
 KEK_A = b"a" * 32
 KEK_B = b"b" * 32
