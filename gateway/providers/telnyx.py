@@ -1,0 +1,146 @@
+"""Telnyx: Ed25519 over "{telnyx-timestamp}|{raw body}".
+
+Bit-exact with telnyx-python 4.189.0 `src/telnyx/lib/webhook_verification.py`
+(`verify_signature`): empty headers count as missing, the timestamp is parsed with
+`int()` and must be within the tolerance of the clock either way (inclusive), the
+signature is decoded with non-validating `base64.b64decode` and must be 64 bytes, and
+the signed message uses the timestamp header exactly as received. Unlike the SDK, the
+body is verified as the raw bytes received (the SDK takes a decoded str; same bytes).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from typing import Any
+
+import nacl.exceptions
+import orjson
+from nacl.signing import SigningKey, VerifyKey
+
+from gateway.errors import Reason, Rejected
+from gateway.inbound import InboundRequest
+from gateway.providers import Key, KeyKind, PhoneCredentials, Verified
+
+SIGNATURE_HEADER = "telnyx-signature-ed25519"
+TIMESTAMP_HEADER = "telnyx-timestamp"
+DEFAULT_TOLERANCE_S = 300  # the SDK's TIMESTAMP_TOLERANCE_SECONDS
+
+_SIGNATURE_LEN = 64
+# Which payload field holds OUR number, by call direction (Call Control v2 spelling).
+_OWN_NUMBER_FIELD = {"incoming": "to", "outgoing": "from"}
+
+
+def sign(seed: bytes, timestamp: str, body: bytes) -> str:
+    """The `telnyx-signature-ed25519` value for `body` sent at `timestamp` (32-byte seed)."""
+    message = timestamp.encode("utf-8") + b"|" + body
+    return base64.b64encode(SigningKey(seed).sign(message).signature).decode()
+
+
+def verify_key(key: Key) -> VerifyKey | None:
+    """The key's prepared VerifyKey, or one built from its 32 raw bytes (None if invalid)."""
+    if isinstance(key.prepared, VerifyKey):
+        return key.prepared
+    try:
+        return VerifyKey(key.material)
+    except (nacl.exceptions.CryptoError, ValueError, TypeError):
+        return None
+
+
+class TelnyxVerifier:
+    """Verifies Telnyx webhooks against the phone's Ed25519 public key(s)."""
+
+    def __init__(self, tolerance_s: int = DEFAULT_TOLERANCE_S) -> None:
+        if tolerance_s < 0:
+            raise ValueError(f"tolerance_s must be >= 0, got {tolerance_s}")
+        self._tolerance_s = tolerance_s
+
+    def verify(self, inbound: InboundRequest, creds: PhoneCredentials, now: float) -> Verified:
+        signature = inbound.header(SIGNATURE_HEADER)
+        timestamp = inbound.header(TIMESTAMP_HEADER)
+        if not signature:
+            raise Rejected(Reason.MISSING_SIGNATURE, SIGNATURE_HEADER)
+        if not timestamp:
+            raise Rejected(Reason.MISSING_SIGNATURE, TIMESTAMP_HEADER)
+        try:
+            sent_at = int(timestamp)  # as the SDK: int() rules (" 17", "+17", "1_7" parse)
+        except ValueError:
+            raise Rejected(Reason.MALFORMED_SIGNATURE, "timestamp is not an integer") from None
+        # SDK: abs(int(time.time()) - webhook_time) > tolerance -> reject; the edge is accepted.
+        if abs(int(now) - sent_at) > self._tolerance_s:
+            raise Rejected(Reason.STALE_TIMESTAMP, "timestamp outside tolerance")
+        try:
+            raw_signature = base64.b64decode(signature)  # non-validating, like the SDK
+        except (binascii.Error, ValueError):  # bad padding, or non-ASCII text
+            raise Rejected(Reason.MALFORMED_SIGNATURE, "signature is not base64") from None
+        if len(raw_signature) != _SIGNATURE_LEN:
+            raise Rejected(Reason.MALFORMED_SIGNATURE, "signature is not 64 bytes")
+
+        message = timestamp.encode("utf-8") + b"|" + inbound.body
+        for key in creds.active_keys(KeyKind.PUBLIC_KEY, now):
+            verifier = verify_key(key)
+            if verifier is None:  # a stored key that is not 32 bytes cannot vouch for anything
+                continue
+            try:
+                verifier.verify(message, raw_signature)
+            except (nacl.exceptions.CryptoError, ValueError, TypeError):  # BadSignatureError is a CryptoError
+                continue
+            return Verified(key_fingerprint=key.fingerprint)
+        raise Rejected(Reason.INVALID_SIGNATURE, "no active public key verifies the signature")
+
+
+def parse_event(body: bytes) -> Mapping[str, Any] | None:
+    """The event's `data` object, or None unless the body is a JSON object holding one."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:  # also invalid UTF-8, too deep, numbers out of range
+        return None
+    if not isinstance(document, dict):
+        return None
+    data = document.get("data")
+    return data if isinstance(data, dict) else None
+
+
+def event_id(body: bytes) -> str | None:
+    """`data.id`, Telnyx's identity for an event (it may deliver one event twice)."""
+    data = parse_event(body)
+    value = data.get("id") if data is not None else None
+    return value if isinstance(value, str) and value else None
+
+
+def event_numbers(body: bytes) -> list[str]:
+    """Candidate E.164 numbers of OUR phone in this event, most likely first.
+
+    With a `direction` (Call Control v2 sends it on `call.initiated`): incoming ->
+    `payload.to` (the number dialled), outgoing -> `payload.from` (the number we call
+    from); the other party's number is never a candidate. Later events of a call
+    (`call.answered`, `call.hangup`, ...) carry no direction: then `to`, then `from`.
+    The caller takes the first candidate registered as a phone. That guess can only go
+    wrong for a call between two phones of the same Telnyx account (both registered,
+    same public key): route those through /webhooks/telnyx/voice/{phone_id}.
+    Only `+` and 1-15 digits count (SIP URIs and the like are not numbers).
+    """
+    data = parse_event(body)
+    payload = data.get("payload") if data is not None else None
+    if not isinstance(payload, dict):
+        return []
+    direction = payload.get("direction")
+    field = _OWN_NUMBER_FIELD.get(direction) if isinstance(direction, str) else None
+    fields = (field,) if field else ("to", "from")
+    numbers: list[str] = []
+    for name in fields:
+        number = payload.get(name)
+        if isinstance(number, str) and _is_e164(number) and number not in numbers:
+            numbers.append(number)
+    return numbers
+
+
+def _is_e164(number: str) -> bool:
+    digits = number[1:]
+    return number[:1] == "+" and 2 <= len(digits) <= 15 and digits.isascii() and digits.isdigit() and digits[0] != "0"
+
+
+def idempotency_key(inbound: InboundRequest, kind: str) -> str | None:
+    """`data.id`: the same event delivered again has the same id (whatever the route kind)."""
+    return event_id(inbound.body)

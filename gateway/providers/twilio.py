@@ -1,0 +1,196 @@
+"""Twilio: `X-Twilio-Signature`, bit-exact with twilio-python 9.13.0 `twilio/request_validator.py`.
+
+S = the URL as called + for each form parameter name (sorted, unique), for each of its
+values (sorted, unique), name + value. Signature = base64(HMAC(key, S)). The SDK accepts
+S built with the default port added and with the port removed, because Twilio has
+signed both ways. A JSON body is covered through `bodySHA256` in the URL instead.
+
+A request carrying `X-Twilio-Webhooks-Signature-Settings` was signed with a shared
+webhook key (KeyKind.TWILIO_SIGNING_KEY) and the algorithm that header names; without
+it, with the auth token and HMAC-SHA1 (Twilio's docs, "Sign webhooks with shared keys").
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from collections.abc import Iterable, Mapping, Sequence
+from urllib.parse import ParseResult, quote, urlparse
+
+import orjson
+
+from gateway.errors import Reason, Rejected
+from gateway.inbound import InboundRequest
+from gateway.providers import KeyKind, PhoneCredentials, Verified
+
+SIGNATURE_HEADER = "x-twilio-signature"
+SETTINGS_HEADER = "x-twilio-webhooks-signature-settings"
+HMAC_SHA1 = "HMAC_SHA1"
+HMAC_SHA256 = "HMAC_SHA256"
+
+_DIGESTS = {HMAC_SHA1: "sha1", HMAC_SHA256: "sha256"}
+_B64_LENGTHS = {"sha1": 28, "sha256": 44}  # base64 of 20- and 32-byte digests, padded
+
+Params = Mapping[str, str] | Iterable[tuple[str, str]]
+
+
+def signature_algorithm(settings_header: str | None) -> str:
+    """The algorithm named in `X-Twilio-Webhooks-Signature-Settings` (as the SDK's
+    `get_signature_algorithm`: first non-empty `algorithm=`; none means HMAC_SHA1)."""
+    for part in (settings_header or "").split(","):
+        name, separator, value = part.partition("=")
+        if separator and name.strip() == "algorithm" and value.strip():
+            return value.strip()
+    return HMAC_SHA1
+
+
+def _params_suffix(params: Params) -> str:
+    pairs = params.items() if isinstance(params, Mapping) else params
+    groups: dict[str, set[str]] = {}
+    for name, value in pairs:
+        groups.setdefault(name, set()).add(value)
+    # compute_signature: sorted(set(names)), then sorted(set(values)): repeats count once.
+    return "".join(name + value for name in sorted(groups) for value in sorted(groups[name]))
+
+
+def string_to_sign(url: str, params: Params | None = None) -> bytes:
+    """The bytes Twilio signs for `url` (exactly as given) and the decoded form `params`."""
+    return (url + _params_suffix(params or ())).encode("utf-8", "surrogatepass")
+
+
+def _b64_hmac(key: bytes, message: bytes, digest: str) -> bytes:
+    return base64.b64encode(hmac.digest(key, message, digest))
+
+
+def sign(auth_token: str, url: str, params: Params | None = None, *, algorithm: str = HMAC_SHA1) -> str:
+    """The `X-Twilio-Signature` for a request to `url` with form `params` (None for GET/JSON).
+
+    `algorithm` is HMAC_SHA1 for the auth token, or what a shared key's settings name.
+    For a JSON body, sign `url` that already carries `bodySHA256=` (see `body_sha256`).
+    """
+    digest = _DIGESTS[algorithm.upper()]
+    return _b64_hmac(auth_token.encode("utf-8"), string_to_sign(url, params), digest).decode()
+
+
+def body_sha256(body: bytes) -> str:
+    """The `bodySHA256` query value Twilio adds for a non-form (JSON) body."""
+    return hashlib.sha256(body).hexdigest()
+
+
+def url_variants(url: str) -> tuple[str, str] | None:
+    """(URL without port, URL with the default port), as RequestValidator.validate tries them.
+
+    Quirks kept: any explicit port is dropped in the first variant (not only 443/80), the
+    default added is 443 for https and 80 for anything else, and both variants go
+    through urlparse().geturl(). None when the port is not a number (the SDK raises).
+    """
+    parsed = urlparse(url)
+    try:
+        port = parsed.port
+    except ValueError:
+        return None
+    if port:
+        return _geturl(parsed, parsed.netloc.split(":")[0]), parsed.geturl()
+    default = "443" if parsed.scheme == "https" else "80"
+    return parsed.geturl(), _geturl(parsed, f"{parsed.netloc}:{default}")
+
+
+def _geturl(parsed: ParseResult, netloc: str) -> str:
+    return parsed._replace(netloc=netloc).geturl()
+
+
+def _wire_text(raw: str) -> str:
+    """The ASGI raw path/query is latin-1 text of the wire bytes; carriers send UTF-8."""
+    if raw.isascii():
+        return raw
+    try:
+        return raw.encode("latin-1").decode("utf-8")
+    except UnicodeEncodeError:  # already real text (built by hand, not from a socket)
+        return raw
+    except UnicodeDecodeError:
+        raise Rejected(Reason.MALFORMED_REQUEST, "URL is not UTF-8") from None
+
+
+def _signed_params(inbound: InboundRequest) -> Sequence[tuple[str, str]]:
+    """The parameters the signature covers; for a non-form body, check its bodySHA256."""
+    if inbound.is_form:
+        return inbound.form_params()
+    # Not a form: Twilio covers the body by hashing it into the signed URL. Without that
+    # hash the body would be unauthenticated, so it is refused (the SDK raises here too).
+    # parse_qs() as the SDK: blank values do not count, the first other value does.
+    claimed = next((v for n, v in inbound.query_params() if n == "bodySHA256" and v), None)
+    if claimed is None:
+        if inbound.body:
+            raise Rejected(Reason.MALFORMED_REQUEST, "non-form body without bodySHA256")
+        return ()
+    # Checked even for an empty body: a signed bodySHA256 with the body stripped is tampering.
+    try:
+        inbound.body.decode("utf-8")  # the SDK hashes body.encode("utf-8"): text only
+    except UnicodeDecodeError:
+        raise Rejected(Reason.MALFORMED_REQUEST, "body is not UTF-8") from None
+    actual = body_sha256(inbound.body).encode()
+    if not hmac.compare_digest(actual, claimed.encode("utf-8", "surrogatepass")):
+        raise Rejected(Reason.INVALID_SIGNATURE, "bodySHA256 does not match the body")
+    return ()
+
+
+class TwilioVerifier:
+    """Verifies `X-Twilio-Signature` with the auth token(s), or shared signing key(s)."""
+
+    def verify(self, inbound: InboundRequest, creds: PhoneCredentials, now: float) -> Verified:
+        signature = inbound.header(SIGNATURE_HEADER)
+        if not signature:  # an empty header carries no proof: same as absent
+            raise Rejected(Reason.MISSING_SIGNATURE, SIGNATURE_HEADER)
+        settings = inbound.header(SETTINGS_HEADER)
+        if settings:
+            algorithm = signature_algorithm(settings).upper()
+            kind = KeyKind.TWILIO_SIGNING_KEY
+        else:
+            algorithm, kind = HMAC_SHA1, KeyKind.AUTH_TOKEN
+        digest = _DIGESTS.get(algorithm)
+        if digest is None:
+            raise Rejected(Reason.MALFORMED_SIGNATURE, "unsupported signature algorithm")
+        presented = signature.encode("utf-8", "surrogatepass")
+        if len(presented) != _B64_LENGTHS[digest]:  # can never equal a computed signature
+            raise Rejected(Reason.MALFORMED_SIGNATURE, "signature length")
+
+        suffix = _params_suffix(_signed_params(inbound))
+        query = _wire_text(inbound.query_string)
+        url = f"{inbound.scheme}://{inbound.netloc}{_wire_text(inbound.raw_path)}"
+        variants = url_variants(f"{url}?{query}" if query else url)
+        if variants is None:
+            raise Rejected(Reason.INVALID_SIGNATURE, "unparsable port")
+        messages = [(variant + suffix).encode("utf-8", "surrogatepass") for variant in variants]
+
+        for key in creds.active_keys(kind, now):
+            matched = False
+            for message in messages:
+                matched |= hmac.compare_digest(_b64_hmac(key.material, message, digest), presented)
+            if matched:
+                return Verified(key_fingerprint=key.fingerprint)
+        raise Rejected(Reason.INVALID_SIGNATURE, f"no active {kind} key matches")
+
+
+def _json_fields(body: bytes) -> Mapping[str, object]:
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return {}
+    return document if isinstance(document, dict) else {}
+
+
+def idempotency_key(inbound: InboundRequest, kind: str) -> str | None:
+    """`kind:CallSid:CallStatus` (percent-quoted parts), or None without a CallSid.
+
+    Form and query parameters first; a JSON body's top-level fields otherwise.
+    """
+    params: Mapping[str, object] = inbound.params()
+    if "CallSid" not in params and inbound.body and not inbound.is_form:
+        params = _json_fields(inbound.body)
+    call_sid = params.get("CallSid")
+    if not isinstance(call_sid, str) or not call_sid:
+        return None
+    status = params.get("CallStatus")
+    parts = (kind, call_sid, status if isinstance(status, str) else "")
+    return ":".join(quote(part, safe="") for part in parts)
