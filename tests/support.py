@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import uvicorn
@@ -121,8 +122,8 @@ def run_gateway(settings: Settings, *, clock: Clock | None = None, http: str = "
 
 def forwarded_headers(url: str, client_ip: str) -> dict[str, str]:
     """What a TLS-terminating proxy in front of the gateway adds."""
-    parts = httpx.URL(url)
-    return {"x-forwarded-proto": parts.scheme, "x-forwarded-host": parts.netloc.decode(), "x-forwarded-for": client_ip}
+    parts = urlsplit(url)  # not httpx.URL: it drops an explicit default port, which signatures cover
+    return {"x-forwarded-proto": parts.scheme, "x-forwarded-host": parts.netloc, "x-forwarded-for": client_ip}
 
 
 def send_as_carrier(gw: RunningGateway, request: dict[str, Any]) -> httpx.Response:
