@@ -58,7 +58,7 @@ class EmbeddedRedis:
         extra_args: tuple[str, ...] = (),
     ) -> None:
         self._own_dir = data_dir is None
-        self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="gateway-redis-"))
+        self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="gateway-redis-")).resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.unix_socket = self.data_dir / "redis.sock" if unix_socket else None
         self.port = 0 if unix_socket else (port or free_port())
@@ -93,7 +93,10 @@ class EmbeddedRedis:
         if self.unix_socket is not None:
             args += ["--unixsocket", str(self.unix_socket), "--unixsocketperm", "700"]
         args += list(self.extra_args)
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Own session: a Ctrl-C meant for the gateway must not kill Redis before the gateway drains.
+        self.process = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         self.wait_ready(timeout_s)
         return self
 
