@@ -169,6 +169,10 @@ class PlivoVerifier:
         # GET) would reach dispatch unauthenticated, so it is refused up front.
         if inbound.body and (inbound.method == "GET" or not inbound.is_form):
             raise Rejected(Reason.MALFORMED_REQUEST, "body not covered by the signature")
+        # Parse (and cache) query and form now: what cannot be parsed is refused whichever
+        # header family verifies (Vobiz's string does not read them).
+        inbound.query_params()
+        inbound.form_params()
 
         failure = Reason.MISSING_SIGNATURE
         detail = "no V3 signature header"
