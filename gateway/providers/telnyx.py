@@ -1,11 +1,11 @@
 """Telnyx: Ed25519 over "{telnyx-timestamp}|{raw body}".
 
-Bit-exact with telnyx-python 4.189.0 `src/telnyx/lib/webhook_verification.py`
-(`verify_signature`): empty headers count as missing, the timestamp is parsed with
-`int()` and must be within the tolerance of the clock either way (inclusive), the
-signature is decoded with non-validating `base64.b64decode` and must be 64 bytes, and
-the signed message uses the timestamp header exactly as received. Unlike the SDK, the
-body is verified as the raw bytes received (the SDK takes a decoded str; same bytes).
+Bit-exact with telnyx-python 4.189.0 `telnyx/lib/webhook_verification.py`
+(`verify_webhook_signature`): empty headers count as missing, the timestamp is parsed
+with `int()` and must be within the tolerance of the clock either way (inclusive), the
+signature is decoded with non-validating `base64.b64decode` and must be 64 bytes, the
+body must be UTF-8, and the signed message uses the timestamp header exactly as received
+and the body bytes as received.
 """
 
 from __future__ import annotations
@@ -76,6 +76,11 @@ class TelnyxVerifier:
             raise Rejected(Reason.MALFORMED_SIGNATURE, "signature is not base64") from None
         if len(raw_signature) != _SIGNATURE_LEN:
             raise Rejected(Reason.MALFORMED_SIGNATURE, "signature is not 64 bytes")
+        if not inbound.body.isascii():
+            try:  # the SDK decodes the payload as UTF-8 before verifying: never accepts other bytes
+                inbound.body.decode("utf-8")
+            except UnicodeDecodeError:
+                raise Rejected(Reason.MALFORMED_REQUEST, "body is not UTF-8") from None
 
         message = timestamp.encode("utf-8") + b"|" + inbound.body
         for key in creds.active_keys(KeyKind.PUBLIC_KEY, now):
