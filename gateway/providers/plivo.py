@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import base64
 import hmac
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote, urlparse, urlunparse
 
@@ -22,6 +22,7 @@ from gateway.inbound import InboundRequest, parse_pairs
 from gateway.providers import KeyKind, PhoneCredentials, Provider, Verified
 
 Pairs = Sequence[tuple[str, str]]
+Params = Mapping[str, str] | Iterable[tuple[str, str]]
 
 _ALLOWED_METHODS = frozenset({"GET", "POST"})
 # base64 of a 32-byte HMAC-SHA256 digest, with padding: anything else can never match.
@@ -102,23 +103,31 @@ def _v3_message(method: str, base_url: str, query: Pairs, params: Pairs, nonce: 
     return b"%s.%s" % (text.encode("utf-8", "surrogatepass"), nonce_bytes)
 
 
-def v3_string_to_sign(method: str, url: str, params: Pairs | None, nonce: str) -> bytes:
+def v3_string_to_sign(method: str, url: str, params: Params | None, nonce: str) -> bytes:
     """The exact bytes Plivo V3 signs for a callback to `url` (full URL, query included).
 
-    `params` are the decoded POST form parameters (ignored for GET). Raises `Rejected`
-    (malformed request) when the query string is not valid percent-encoded UTF-8.
+    `params` are the decoded POST form parameters, as pairs or a mapping (ignored for
+    GET). ValueError for a method other than GET/POST; `Rejected` (malformed request)
+    when the query string is not valid percent-encoded UTF-8.
     """
+    method = method.upper()
+    if method not in _ALLOWED_METHODS:
+        raise ValueError(f"Plivo signs GET and POST callbacks only, not {method}")
     parsed = urlparse(url)
     base = urlunparse((parsed.scheme, parsed.netloc, parsed.path, "", "", ""))
-    return _v3_message(method.upper(), base, parse_pairs(parsed.query), params or (), nonce)
+    pairs = list(params.items() if isinstance(params, Mapping) else params or ())
+    return _v3_message(method, base, parse_pairs(parsed.query), pairs, nonce)
 
 
 def _b64_hmac_sha256(key: bytes, message: bytes) -> bytes:
     return base64.b64encode(hmac.digest(key, message, "sha256"))
 
 
-def sign_v3(auth_token: str, method: str, url: str, params: Pairs | None, nonce: str) -> str:
-    """The `X-Plivo-Signature-V3` value Plivo would send for this callback."""
+def sign_v3(auth_token: str, method: str, url: str, params: Params | None, nonce: str) -> str:
+    """The `X-Plivo-Signature-V3` value Plivo would send for this callback.
+
+    e.g. `sign_v3(token, "POST", "https://hooks.example.com/plivo/status/ph_1", [("CallUUID", "u1")], "4242")`.
+    """
     return _b64_hmac_sha256(auth_token.encode("utf-8"), v3_string_to_sign(method, url, params, nonce)).decode()
 
 

@@ -69,7 +69,9 @@ def sign(auth_token: str, url: str, params: Params | None = None, *, algorithm: 
     `algorithm` is HMAC_SHA1 for the auth token, or what a shared key's settings name.
     For a JSON body, sign `url` that already carries `bodySHA256=` (see `body_sha256`).
     """
-    digest = _DIGESTS[algorithm.upper()]
+    digest = _DIGESTS.get(algorithm.upper())
+    if digest is None:
+        raise ValueError(f"unsupported Twilio signature algorithm {algorithm!r}")
     return _b64_hmac(auth_token.encode("utf-8"), string_to_sign(url, params), digest).decode()
 
 
@@ -155,6 +157,7 @@ class TwilioVerifier:
         if len(presented) != _B64_LENGTHS[digest]:  # can never equal a computed signature
             raise Rejected(Reason.MALFORMED_SIGNATURE, "signature length")
 
+        inbound.query_params()  # what cannot be parsed is refused here, not further down
         suffix = _params_suffix(_signed_params(inbound))
         query = _wire_text(inbound.query_string)
         url = f"{inbound.scheme}://{inbound.netloc}{_wire_text(inbound.raw_path)}"
