@@ -85,13 +85,13 @@ def creds(provider: Provider, keys: Mapping[KeyKind, Iterable[Key]], phone_id: s
 def creds_from_vector(phone: Mapping[str, Any]) -> PhoneCredentials:
     """The credentials the admin API would store for a vector's `phone` record."""
     provider = Provider(phone["provider"])
-    given = phone.get("credentials", {})
+    secrets = phone.get("credentials", {})
     config = phone.get("config", {})
     keys: dict[KeyKind, list[Key]] = {}
     if provider in (Provider.PLIVO, Provider.VOBIZ, Provider.TWILIO):
-        keys[KeyKind.AUTH_TOKEN] = [key(given["auth_token"], "fp-auth")]
+        keys[KeyKind.AUTH_TOKEN] = [key(secrets["auth_token"], "fp-auth")]
     elif provider is Provider.TELNYX:
-        keys[KeyKind.PUBLIC_KEY] = [public_key(base64.b64decode(given["public_key"]), "fp-public")]
+        keys[KeyKind.PUBLIC_KEY] = [public_key(base64.b64decode(secrets["public_key"]), "fp-public")]
     if config.get("exotel_webhook_token"):
         keys[KeyKind.EXOTEL_WEBHOOK_TOKEN] = [key(config["exotel_webhook_token"], "fp-token")]
     return PhoneCredentials(
