@@ -157,12 +157,16 @@ class GatewayApp:
         if components is None:
             return Response(orjson.dumps({"ready": False, "redis": "not started"}), 503, media_type="application/json")
         try:
-            await asyncio.wait_for(components.redis.ping(), timeout=self.settings.redis_timeout_s)
+            # A write, not PING: a read-only replica (after a failover), an out-of-memory or a
+            # write-paused server answers PING but refuses the writes every webhook needs.
+            await asyncio.wait_for(
+                components.redis.set(self._names.readiness, b"1", ex=60), timeout=self.settings.redis_timeout_s
+            )
         except Exception as exc:
             metrics.REDIS_UP.set(0)
             metrics.REDIS_ERRORS.labels("ready", metrics.redis_error_class(exc)).inc()
-            body = {"ready": False, "redis": metrics.redis_error_class(exc)}
-            return Response(orjson.dumps(body), 503, media_type="application/json")
+            failure = {"ready": False, "redis": metrics.redis_error_class(exc)}
+            return Response(orjson.dumps(failure), 503, media_type="application/json")
         metrics.REDIS_UP.set(1)
         body: dict[str, Any] = {"ready": True, "redis": "ok", "exotel_allowlist_entries": len(self._allowlist)}
         return Response(orjson.dumps(body), 200, media_type="application/json")

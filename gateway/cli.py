@@ -189,10 +189,10 @@ async def _with_keystore(action: Callable[[Any], Coroutine[Any, Any, int]]) -> i
 def _put_body(args: argparse.Namespace) -> dict[str, Any]:
     if args.json is not None:
         raw = sys.stdin.buffer.read() if args.json == "-" else Path(args.json).read_bytes()
-        body = orjson.loads(raw)
-        if not isinstance(body, dict):
+        loaded = orjson.loads(raw)
+        if not isinstance(loaded, dict):
             raise ValueError("--json must hold a JSON object")
-        return body
+        return loaded
     if not args.provider:
         raise ValueError("give --json FILE (or - for stdin), or --provider with --credential/--config")
     body: dict[str, Any] = {"provider": args.provider, "credentials": {}, "config": {}}

@@ -40,6 +40,10 @@ REDIS_FAILURES = (
 )
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 _HIT = metrics.CACHE.labels("hit")
 _NEGATIVE_HIT = metrics.CACHE.labels("negative_hit")
 _MISS = metrics.CACHE.labels("miss")
@@ -136,7 +140,7 @@ class KeyStore:
         except REDIS_FAILURES as exc:
             metrics.REDIS_ERRORS.labels("keystore", metrics.redis_error_class(exc)).inc()
             raise Unavailable("redis") from None
-        phone_id = raw.decode() if raw is not None else None
+        phone_id = _text(raw) if raw is not None else None
         self._numbers.put(number, phone_id)
         return phone_id
 
@@ -160,8 +164,8 @@ class KeyStore:
         old_number = (previous or {}).get("config", {}).get("number")
         if number is not None:
             owner = await self._redis.get(self._names.number(number))
-            if owner is not None and owner.decode() != phone_id:
-                raise Conflict(f"config.number is already registered to phone {owner.decode()!r}")
+            if owner is not None and _text(owner) != phone_id:
+                raise Conflict(f"config.number is already registered to phone {_text(owner)!r}")
         pipe = self._redis.pipeline(transaction=False)
         pipe.set(self._names.phone(phone_id), orjson.dumps(record))
         pipe.sadd(self._names.phone_index, phone_id)
@@ -178,8 +182,8 @@ class KeyStore:
         return public_view(record) if record is not None else None
 
     async def list(self) -> list[dict[str, Any]]:
-        ids = sorted(m.decode() for m in await self._redis.smembers(self._names.phone_index))
-        views = []
+        ids = sorted(_text(m) for m in await self._redis.smembers(self._names.phone_index))
+        views: list[dict[str, Any]] = []
         for chunk_start in range(0, len(ids), 500):
             chunk = ids[chunk_start : chunk_start + 500]
             raws = await self._redis.mget([self._names.phone(i) for i in chunk]) if chunk else []
@@ -203,7 +207,7 @@ class KeyStore:
     async def _delete_number_if_owned(self, number: str, phone_id: str) -> None:
         key = self._names.number(number)
         owner = await self._redis.get(key)
-        if owner is not None and owner.decode() == phone_id:
+        if owner is not None and _text(owner) == phone_id:
             await self._redis.delete(key)
 
     async def _announce(self, phone_id: str, *numbers: str | None) -> None:
@@ -265,6 +269,6 @@ class KeyStore:
                 self.subscribed.clear()
                 metrics.PUBSUB_CONNECTED.set(0)
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)

@@ -110,7 +110,7 @@ def build_record(
     if unknown:
         raise InvalidRecord(f"unknown top-level fields: {', '.join(sorted(unknown))}")
     try:
-        provider = Provider(body.get("provider"))
+        provider = Provider(str(body.get("provider")))
     except ValueError:
         raise InvalidRecord("provider must be one of: " + ", ".join(p.value for p in Provider)) from None
     spec = SPECS[provider]
