@@ -53,6 +53,11 @@ class KeyNames:
         return f"{self._tag}:idem:{phone_id}:{digest}"
 
     @property
+    def readiness(self) -> str:
+        """Written by /readyz: a write in the stream's slot, the thing every webhook needs."""
+        return f"{self._tag}:ready"
+
+    @property
     def unused(self) -> str:
         """A placeholder key in the stream's slot, for script arguments that are absent."""
         return f"{self._tag}:unused"
