@@ -12,13 +12,14 @@ import binascii
 import ipaddress
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.secrets import Secret
+from gateway.standard_webhooks import decode_key as decode_signing_key
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -69,6 +70,27 @@ class Settings:
     redis_max_connections: int = 64
     plivo_answer_template: str = DEFAULT_PLIVO_ANSWER
     twilio_answer_template: str = DEFAULT_TWILIO_ANSWER
+    explain_mismatches: bool = True  # diagnose failed signatures: gateway/explain.py
+    # Answer modes, dispatch proxy, signed forwards, capability tokens, call-aware replay
+    # defence: see docs/answers-and-forwards.md (parsed by _parse_answers_and_forwards).
+    answer_mode: str = "template"  # template | proxy, for providers without an override
+    provider_answer_modes: Mapping[str, str] = field(default_factory=dict)  # e.g. {"twilio": "proxy"}
+    exotel_answer_template: str = ""  # Exotel Passthru branches on the status code only; body optional
+    answer_fallback: str = "hangup"  # hangup | hold: built-in fallback when dispatch does not answer
+    plivo_fallback_template: str | None = None  # replaces the built-in fallback (Plivo and Vobiz)
+    twilio_fallback_template: str | None = None
+    exotel_fallback_status: int = 302  # Exotel Passthru: 200 = first branch, 302 = second branch
+    answer_hold_rounds: int = 3  # "hold" fallback: redirects back at most this many times, then hangs up
+    dispatch_url: str | None = None
+    dispatch_timeout_s: float = 2.0  # well under every carrier's answer timeout (Vobiz: 3 s)
+    dispatch_max_connections: int = 64
+    forward_signing_keys: tuple[Secret, ...] = ()  # Standard Webhooks whsec_ keys, newest first
+    capability_key: Secret | None = None  # base64 of 32 bytes; None: $stream_token renders empty
+    capability_ttl_s: int = 300
+    call_aware: bool = False
+    call_aware_window_s: int = 60
+    call_aware_late_s: int = 900
+    call_aware_ttl_s: int = 86_400
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = 1
@@ -80,6 +102,17 @@ class Settings:
 
     def __repr__(self) -> str:  # dataclass repr is fine (Secrets mask themselves) but keep it short
         return f"Settings(redis_url={'set' if self.redis_url else 'embedded'}, stream={self.stream!r}, ...)"
+
+    def answer_mode_for(self, provider: str) -> str:
+        """The configured answer mode of a provider's `incoming` route (a phone's config may override it)."""
+        return self.provider_answer_modes.get(provider, self.answer_mode)
+
+    def forward_signing_key_bytes(self) -> tuple[bytes, ...]:
+        """GATEWAY_FORWARD_SIGNING_KEY decoded for standard_webhooks.headers(), newest first."""
+        return tuple(decode_signing_key(key.reveal()) for key in self.forward_signing_keys)
+
+    def capability_key_bytes(self) -> bytes | None:
+        return base64.b64decode(self.capability_key.reveal()) if self.capability_key is not None else None
 
 
 def _parse_bool(name: str, raw: str) -> bool:
@@ -226,8 +259,130 @@ KNOWN_NAMES = frozenset(
         "GATEWAY_TIMEOUT_KEEP_ALIVE_S",
         "GATEWAY_LIMIT_CONCURRENCY",
         "GATEWAY_BACKLOG",
+        "GATEWAY_EXPLAIN_MISMATCHES",
+        # docs/answers-and-forwards.md
+        "GATEWAY_ANSWER_MODE",
+        "GATEWAY_PLIVO_ANSWER_MODE",
+        "GATEWAY_VOBIZ_ANSWER_MODE",
+        "GATEWAY_TWILIO_ANSWER_MODE",
+        "GATEWAY_EXOTEL_ANSWER_MODE",
+        "GATEWAY_EXOTEL_ANSWER_TEMPLATE",
+        "GATEWAY_ANSWER_FALLBACK",
+        "GATEWAY_PLIVO_FALLBACK_TEMPLATE",
+        "GATEWAY_TWILIO_FALLBACK_TEMPLATE",
+        "GATEWAY_EXOTEL_FALLBACK_STATUS",
+        "GATEWAY_ANSWER_HOLD_ROUNDS",
+        "GATEWAY_DISPATCH_URL",
+        "GATEWAY_DISPATCH_TIMEOUT_S",
+        "GATEWAY_DISPATCH_MAX_CONNECTIONS",
+        "GATEWAY_FORWARD_SIGNING_KEY",
+        "GATEWAY_CAPABILITY_KEY",
+        "GATEWAY_CAPABILITY_TTL_S",
+        "GATEWAY_CALL_AWARE",
+        "GATEWAY_CALL_AWARE_WINDOW_S",
+        "GATEWAY_CALL_AWARE_LATE_S",
+        "GATEWAY_CALL_AWARE_TTL_S",
     }
 )
+
+ANSWER_MODES = ("template", "proxy")
+# Telnyx has no answer URL (Call Control acts through its REST API and ignores webhook answer
+# bodies), so answer modes exist for the four carriers with an `incoming` route.
+ANSWER_MODE_PROVIDERS = ("plivo", "vobiz", "twilio", "exotel")
+
+
+def parse_answer_mode(name: str, raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in ANSWER_MODES:
+        raise SettingsError(f"{name} has value {raw!r}: use template or proxy")
+    return value
+
+
+def _parse_answers_and_forwards(get: Callable[[str], str | None], kwargs: dict[str, Any]) -> None:
+    """Answer modes, the dispatch proxy, signed forwards, capability tokens, call-aware (validated together)."""
+    if (raw := get("GATEWAY_ANSWER_MODE")) is not None:
+        kwargs["answer_mode"] = parse_answer_mode("GATEWAY_ANSWER_MODE", raw)
+    overrides: dict[str, str] = {}
+    for provider in ANSWER_MODE_PROVIDERS:
+        name = f"GATEWAY_{provider.upper()}_ANSWER_MODE"
+        if (raw := get(name)) is not None:
+            overrides[provider] = parse_answer_mode(name, raw)
+    if overrides:
+        kwargs["provider_answer_modes"] = overrides
+    for name, attr in (
+        ("GATEWAY_EXOTEL_ANSWER_TEMPLATE", "exotel_answer_template"),
+        ("GATEWAY_PLIVO_FALLBACK_TEMPLATE", "plivo_fallback_template"),
+        ("GATEWAY_TWILIO_FALLBACK_TEMPLATE", "twilio_fallback_template"),
+    ):
+        if (raw := get(name)) is not None:
+            kwargs[attr] = _read_template(name, raw)
+    if (raw := get("GATEWAY_ANSWER_FALLBACK")) is not None:
+        if raw.strip().lower() not in ("hangup", "hold"):
+            raise SettingsError(f"GATEWAY_ANSWER_FALLBACK has value {raw!r}: use hangup or hold")
+        kwargs["answer_fallback"] = raw.strip().lower()
+    if (raw := get("GATEWAY_EXOTEL_FALLBACK_STATUS")) is not None:
+        status = _parse_int("GATEWAY_EXOTEL_FALLBACK_STATUS", raw, minimum=200, maximum=302)
+        if status not in (200, 302):
+            raise SettingsError(
+                "GATEWAY_EXOTEL_FALLBACK_STATUS must be 200 or 302 (the Passthru applet's two branches)"
+            )
+        kwargs["exotel_fallback_status"] = status
+    for name, attr, minimum, maximum in (
+        ("GATEWAY_ANSWER_HOLD_ROUNDS", "answer_hold_rounds", 0, 20),
+        ("GATEWAY_DISPATCH_MAX_CONNECTIONS", "dispatch_max_connections", 1, 10_000),
+        ("GATEWAY_CAPABILITY_TTL_S", "capability_ttl_s", 10, 86_400),
+        ("GATEWAY_CALL_AWARE_WINDOW_S", "call_aware_window_s", 0, 3600),
+        ("GATEWAY_CALL_AWARE_LATE_S", "call_aware_late_s", 0, 86_400),
+        ("GATEWAY_CALL_AWARE_TTL_S", "call_aware_ttl_s", 300, 30 * 86_400),
+    ):
+        if (raw := get(name)) is not None:
+            kwargs[attr] = _parse_int(name, raw, minimum=minimum, maximum=maximum)
+    if (raw := get("GATEWAY_DISPATCH_TIMEOUT_S")) is not None:
+        timeout = _parse_float("GATEWAY_DISPATCH_TIMEOUT_S", raw, minimum=0.05)
+        if timeout > 10.0:
+            raise SettingsError(
+                f"GATEWAY_DISPATCH_TIMEOUT_S has value {raw!r}: must be at most 10 "
+                "(carriers give up on an answer URL after 3-15 s, Vobiz after 3 s)"
+            )
+        kwargs["dispatch_timeout_s"] = timeout
+    if (raw := get("GATEWAY_DISPATCH_URL")) is not None:
+        parts = urlsplit(raw.strip())
+        if parts.scheme not in {"http", "https"} or not parts.netloc or parts.fragment:
+            raise SettingsError(f"GATEWAY_DISPATCH_URL has value {raw!r}: expected http(s)://host[:port]/path")
+        if "@" in parts.netloc:
+            raise SettingsError("GATEWAY_DISPATCH_URL must not contain credentials (requests are signed instead)")
+        kwargs["dispatch_url"] = raw.strip()
+    if (raw := get("GATEWAY_FORWARD_SIGNING_KEY")) is not None:
+        keys: list[Secret] = []
+        for part in raw.split(","):
+            if not part.strip():
+                continue
+            try:
+                decode_signing_key(part.strip())
+            except ValueError as exc:
+                raise SettingsError(
+                    f"GATEWAY_FORWARD_SIGNING_KEY: {exc} "
+                    "(generate: python -c 'from gateway.standard_webhooks import generate_key; print(generate_key())')"
+                ) from None
+            keys.append(Secret(part.strip()))
+        kwargs["forward_signing_keys"] = tuple(keys)
+    if (raw := get("GATEWAY_CAPABILITY_KEY")) is not None:
+        kwargs["capability_key"] = Secret(base64.b64encode(parse_key32("GATEWAY_CAPABILITY_KEY", raw)).decode())
+    if (raw := get("GATEWAY_CALL_AWARE")) is not None:
+        kwargs["call_aware"] = _parse_bool("GATEWAY_CALL_AWARE", raw)
+
+    ttl = kwargs.get("call_aware_ttl_s", 86_400)
+    if ttl < max(kwargs.get("call_aware_window_s", 60), kwargs.get("call_aware_late_s", 900)):
+        raise SettingsError("GATEWAY_CALL_AWARE_TTL_S must be at least GATEWAY_CALL_AWARE_WINDOW_S and _LATE_S")
+    modes = {kwargs.get("answer_mode", "template"), *overrides.values()}
+    if "proxy" in modes and "dispatch_url" not in kwargs:
+        raise SettingsError("an answer mode is proxy but GATEWAY_DISPATCH_URL is not set")
+    if "dispatch_url" in kwargs and not kwargs.get("forward_signing_keys"):
+        raise SettingsError(
+            "GATEWAY_DISPATCH_URL is set but GATEWAY_FORWARD_SIGNING_KEY is not: the gateway never sends dispatch "
+            "an unsigned event "
+            "(generate: python -c 'from gateway.standard_webhooks import generate_key; print(generate_key())')"
+        )
 
 
 def from_env(environ: Mapping[str, str] | None = None, toml_path: Path | None = None) -> Settings:
@@ -261,6 +416,8 @@ def from_env(environ: Mapping[str, str] | None = None, toml_path: Path | None = 
         kwargs["redis_url"] = url
     if (raw := get("GATEWAY_REDIS_CLUSTER")) is not None:
         kwargs["redis_cluster"] = _parse_bool("GATEWAY_REDIS_CLUSTER", raw)
+    if (raw := get("GATEWAY_EXPLAIN_MISMATCHES")) is not None:
+        kwargs["explain_mismatches"] = _parse_bool("GATEWAY_EXPLAIN_MISMATCHES", raw)
     if (raw := get("GATEWAY_PUBLIC_BASE_URL")) is not None:
         kwargs["public_base"] = parse_public_base("GATEWAY_PUBLIC_BASE_URL", raw)
     if (raw := get("GATEWAY_TRUSTED_PROXIES")) is not None:
@@ -322,6 +479,7 @@ def from_env(environ: Mapping[str, str] | None = None, toml_path: Path | None = 
     for name, attr, fminimum in float_settings:
         if (raw := get(name)) is not None:
             kwargs[attr] = _parse_float(name, raw, minimum=fminimum)
+    _parse_answers_and_forwards(get, kwargs)
     settings = Settings(**kwargs)
     if settings.admin_port is not None and settings.admin_port == settings.port:
         raise SettingsError("GATEWAY_ADMIN_PORT must differ from GATEWAY_PORT")
