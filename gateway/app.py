@@ -21,6 +21,7 @@ from gateway import metrics
 from gateway.admin import AdminAPI
 from gateway.answers import AnswerTemplates
 from gateway.asgi_io import Receive, Scope, Send
+from gateway.explain import MismatchExplainer
 from gateway.forwarder import FORWARD_SCRIPT, Forwarder
 from gateway.keystore import KeyStore
 from gateway.providers import Provider, Verifier
@@ -121,6 +122,7 @@ class GatewayApp:
             origin=OriginResolver(settings.trusted_proxies, settings.public_base),
             max_body_bytes=settings.max_body_bytes,
             clock=self._clock,
+            explain=MismatchExplainer(settings.public_base) if settings.explain_mismatches else None,
         )
         self.components = Components(redis, keystore, forwarder, webhooks)
         self._admin = AdminAPI(keystore, settings.admin_token)

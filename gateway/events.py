@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import secrets
 from typing import Any
+from urllib.parse import unquote_plus
 
 import orjson
 
@@ -34,10 +35,13 @@ REDACTED_PARAMS = frozenset({"token"})  # Exotel's per-phone URL token is a secr
 
 
 def strip_query_params(query: str, names: frozenset[str]) -> str:
-    """Remove name=value pairs from a raw query string without re-encoding the rest."""
+    """Remove name=value pairs from a raw query string without re-encoding the rest.
+
+    Names are compared decoded, as the verifiers see them (parse_qsl): `%74oken=` is `token=`.
+    """
     if not query:
         return query
-    kept = [part for part in query.split("&") if part.split("=", 1)[0] not in names]
+    kept = [part for part in query.split("&") if unquote_plus(part.split("=", 1)[0], errors="replace") not in names]
     return "&".join(kept)
 
 

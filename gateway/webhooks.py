@@ -137,6 +137,7 @@ class WebhookHandler:
         origin: OriginResolver,
         max_body_bytes: int,
         clock: Callable[[], float] = time.time,
+        explain: Callable[[InboundRequest, PhoneCredentials, Verifier, float], object] | None = None,
     ) -> None:
         self._keystore = keystore
         self._forwarder = forwarder
@@ -146,6 +147,7 @@ class WebhookHandler:
         self._max_body = max_body_bytes
         self._clock = clock
         self._decoys = _decoys()
+        self._explain = explain  # gateway/explain.py: diagnoses failed signatures, never accepts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, route: Route) -> None:
         started = time.perf_counter()
@@ -242,7 +244,10 @@ class WebhookHandler:
                 creds.phone_id, event, nonce=verified.nonce, idempotency_key=idempotency_key
             )
         except Rejected as rejection:
-            return await self._reject(send, rejection.reason, provider_label)
+            answered = await self._reject(send, rejection.reason, provider_label)
+            if rejection.reason is Reason.INVALID_SIGNATURE and self._explain is not None:
+                self._explain(inbound, creds, self._verifiers[provider], now)  # after the 403 is sent
+            return answered
         except Unavailable:
             return await self._unavailable(send, provider_label)
 
