@@ -21,6 +21,9 @@ class Reason(enum.StrEnum):
     MALFORMED_REQUEST = "malformed_request"  # body/query that cannot be parsed (invalid UTF-8, JSON, too many fields)
     BODY_TOO_LARGE = "body_too_large"
     METHOD_NOT_ALLOWED = "method_not_allowed"
+    # Call-aware replay defence (opt-in; docs/answers-and-forwards.md):
+    UNKNOWN_CALL = "unknown_call"  # a callback for a call the gateway never saw answered within the window
+    CALL_ENDED = "call_ended"  # a callback for a call whose terminal status is older than the window
 
 
 # The body is deliberately generic: it must not tell an attacker which check failed
@@ -42,6 +45,8 @@ _ANSWERS: dict[Reason, tuple[int, bytes]] = {
     Reason.MALFORMED_REQUEST: (400, b"bad request\n"),
     Reason.BODY_TOO_LARGE: (413, b"payload too large\n"),
     Reason.METHOD_NOT_ALLOWED: (405, b"method not allowed\n"),
+    Reason.UNKNOWN_CALL: _FORBIDDEN,
+    Reason.CALL_ENDED: _FORBIDDEN,
 }
 
 
