@@ -1,0 +1,470 @@
+"""Why did a signature fail? Diagnose (never accept) the usual URL and body mismatches.
+
+Carriers sign the URL they were configured with; the gateway rebuilds that URL from
+what reaches it. When a load balancer rewrites the scheme, adds a port, strips a path
+prefix or re-encodes the query, every callback fails with 403 and nobody sees why.
+For a request that carries a well-formed signature for a known phone and still
+fails, `diagnose` re-runs the phone's own verifier on a bounded list of altered
+copies of the request (`dataclasses.replace`) and reports the first one that would
+have verified: "plivo signature would match with scheme=https".
+
+This is diagnosis only. The answer is decided before and without it (still 403); a
+matching variant is never forwarded, its nonce never recorded. Pure functions over
+InboundRequest + PhoneCredentials + verifier; `MismatchExplainer` adds the metric,
+the rate-limited warning and the CPU budget for the request path.
+
+Only the carriers whose signature covers the URL are diagnosed: Plivo, Vobiz and
+Twilio. Telnyx signs timestamp + body (no URL); Exotel does not sign at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlencode, urlsplit
+
+from gateway import metrics
+from gateway.errors import Rejected
+from gateway.inbound import FORM_CONTENT_TYPE, InboundRequest, parse_pairs
+from gateway.providers import PhoneCredentials, Provider, Verified, Verifier
+from gateway.settings import PublicBase
+
+log = logging.getLogger("gateway.explain")
+
+# Carriers whose signature covers the URL (Telnyx: timestamp|body; Exotel: unsigned).
+SUPPORTED = frozenset({Provider.PLIVO, Provider.VOBIZ, Provider.TWILIO})
+# Variants tried per failed request on the request path (each is one verifier run).
+MAX_VARIANTS = 16
+
+SCHEME = "scheme"
+PORT = "port"
+HOST = "host"
+QUERY_ORDER = "query_order"
+QUERY_ENCODING = "query_encoding"
+FORM_VS_RAW = "form_vs_raw"
+TRAILING_SLASH = "trailing_slash"
+PATH_PREFIX = "path_prefix"
+LABELS = (SCHEME, PORT, HOST, QUERY_ORDER, QUERY_ENCODING, FORM_VS_RAW, TRAILING_SLASH, PATH_PREFIX)
+if not set(LABELS) <= set(metrics.MISMATCHES):  # the metric's fixed vocabulary
+    raise RuntimeError("gateway.metrics.MISMATCHES lacks an explain label")
+
+# What the operator should do, per label. No request data in here.
+HINTS: Mapping[str, str] = {
+    SCHEME: "your load balancer rewrites the scheme; set GATEWAY_PUBLIC_BASE_URL or trust its X-Forwarded-Proto "
+    "(GATEWAY_TRUSTED_PROXIES)",
+    HOST: "the carrier called another host than the gateway rebuilt; set GATEWAY_PUBLIC_BASE_URL to the host in "
+    "the carrier's callback URL, or trust the proxy's X-Forwarded-Host (GATEWAY_TRUSTED_PROXIES)",
+    PORT: "the carrier's callback URL and the gateway's view differ by an explicit default port (:443/:80); "
+    "make GATEWAY_PUBLIC_BASE_URL spell host[:port] exactly as the callback URL configured at the carrier",
+    PATH_PREFIX: "a proxy adds or strips a path prefix; put the prefix the carrier calls in GATEWAY_PUBLIC_BASE_URL "
+    "(https://host/prefix), and nothing else",
+    TRAILING_SLASH: "the path differs by a trailing slash (a proxy normalises it); configure the carrier's callback "
+    "URL without the trailing slash",
+    QUERY_ORDER: "something between the carrier and the gateway re-orders the query string; pass it through unchanged",
+    QUERY_ENCODING: "something between the carrier and the gateway re-encodes the query string; pass it through "
+    "byte for byte",
+    FORM_VS_RAW: "the Content-Type does not say how the body was signed (form parameters vs raw body); make the "
+    "proxy pass Content-Type and the body through unchanged",
+}
+
+_MAX_SHOWN = 80  # characters of a header-derived value shown in a description
+_NETLOC_RE = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::[0-9]{1,5})?$")
+_PERCENT_RE = re.compile(r"%[0-9A-Fa-f]{2}")
+_ORIGINAL_URI_HEADERS = ("x-original-uri", "x-forwarded-uri", "x-envoy-original-path", "x-original-url")
+_DEFAULT_PORTS = {"https": "443", "http": "80"}
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One difference from the request as received. `text` is safe to log (no secret, no query value)."""
+
+    label: str  # one of LABELS (a metric label)
+    text: str  # e.g. "scheme=https", "host=hooks.example.com (X-Forwarded-Host)"
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """The request as received, with `changes` applied."""
+
+    changes: tuple[Change, ...]
+    request: InboundRequest
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(change.label for change in self.changes))
+
+    @property
+    def label(self) -> str:
+        """ "scheme", or "scheme+host" for a combination (a log key, not a metric label)."""
+        return "+".join(self.labels)
+
+    @property
+    def description(self) -> str:
+        return ", ".join(change.text for change in self.changes)
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnosis:
+    """The first variant that the phone's verifier would have accepted."""
+
+    provider: Provider
+    variant: Variant
+    key_fingerprint: str | None
+    tried: int  # variants verified, this one included
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.variant.labels
+
+    def message(self) -> str:
+        hints = "; ".join(HINTS[label] for label in self.variant.labels)
+        return f"{self.provider.value} signature would match with {self.variant.description}: {hints}"
+
+
+# ---- variants -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Edit:
+    change: Change
+    fields: tuple[tuple[str, Any], ...]  # InboundRequest field -> new value
+
+
+def _edit(label: str, text: str, **fields: Any) -> _Edit:
+    return _Edit(Change(label, text), tuple(fields.items()))
+
+
+def _shown(value: str) -> str:
+    """A header-derived value fit for a log line: printable ASCII, bounded."""
+    cleaned = "".join(ch if " " <= ch <= "~" else "?" for ch in value)
+    return cleaned if len(cleaned) <= _MAX_SHOWN else cleaned[: _MAX_SHOWN - 1] + "…"
+
+
+def _first(value: str | None) -> str:
+    """The outermost (left-most) value of a possibly comma-joined forwarded header."""
+    return value.split(",", 1)[0].strip() if value else ""
+
+
+def _forwarded_param(value: str | None, name: str) -> str:
+    """`name=` of the first element of an RFC 7239 `Forwarded` header ("" if absent)."""
+    for pair in _first(value).split(";"):
+        key, sep, raw = pair.partition("=")
+        if sep and key.strip().lower() == name:
+            return raw.strip().strip('"')
+    return ""
+
+
+def _split_netloc(netloc: str) -> tuple[str, str]:
+    """(host lower-cased, port or "")."""
+    if netloc.startswith("["):
+        host, _, rest = netloc.partition("]")
+        return host.lower() + "]", rest[1:] if rest.startswith(":") else ""
+    host, _, port = netloc.partition(":")
+    return host.lower(), port
+
+
+def _toggle_port(netloc: str, scheme: str) -> str | None:
+    """The netloc with an explicit default port removed, or with the scheme's default added."""
+    host, port = _split_netloc(netloc)
+    if port:
+        return netloc.rsplit(":", 1)[0] if port in _DEFAULT_PORTS.values() else None
+    default = _DEFAULT_PORTS.get(scheme)
+    return f"{netloc}:{default}" if default else None
+
+
+def _netloc_edits(
+    inbound: InboundRequest, provider: Provider, scheme: str, public_base: PublicBase | None
+) -> list[_Edit]:
+    current = inbound.netloc
+    candidates: list[tuple[str, str]] = []
+    for value, source in (
+        (inbound.headers.get("host", "").strip(), "Host header"),
+        (_first(inbound.headers.get("x-forwarded-host")), "X-Forwarded-Host"),
+        (_forwarded_param(inbound.headers.get("forwarded"), "host"), "Forwarded"),
+        (public_base.netloc if public_base else "", "GATEWAY_PUBLIC_BASE_URL"),
+    ):
+        if value and len(value) <= 255 and _NETLOC_RE.match(value):
+            candidates.append((value, source))
+    # Twilio's verifier already tries every URL with the default port added and removed.
+    if provider is not Provider.TWILIO:
+        toggled = [(_toggle_port(netloc, scheme), f"{source}, default port toggled") for netloc, source in candidates]
+        own = _toggle_port(current, scheme)
+        candidates += [(own, "default port toggled")] if own else []
+        candidates += [(netloc, source) for netloc, source in toggled if netloc]
+    edits: list[_Edit] = []
+    current_host, _ = _split_netloc(current)
+    for netloc, source in candidates:
+        if netloc == current:
+            continue
+        label = PORT if _split_netloc(netloc)[0] == current_host else HOST
+        edits.append(_edit(label, f"host={_shown(netloc)} ({source})", netloc=netloc))
+    return edits
+
+
+def _path_edits(inbound: InboundRequest, public_base: PublicBase | None) -> list[_Edit]:
+    path = inbound.raw_path
+    edits: list[_Edit] = []
+    prefix = _first(inbound.headers.get("x-forwarded-prefix")).rstrip("/")
+    if prefix.startswith("/") and "?" not in prefix and "#" not in prefix and len(prefix) <= 200:
+        edits.append(_edit(PATH_PREFIX, f"path prefix {_shown(prefix)} (X-Forwarded-Prefix)", raw_path=prefix + path))
+    for name in _ORIGINAL_URI_HEADERS:
+        value = inbound.headers.get(name)
+        if not value or len(value) > 2048:
+            continue
+        original = urlsplit(value.strip()).path
+        if original != path and original.endswith(path) and original.startswith("/"):
+            shown = _shown(original[: len(original) - len(path)])
+            edits.append(_edit(PATH_PREFIX, f"path prefix {shown} ({name})", raw_path=original))
+    if public_base is not None and public_base.path_prefix and path.startswith(public_base.path_prefix + "/"):
+        edits.append(
+            _edit(
+                PATH_PREFIX,
+                f"path without the prefix {_shown(public_base.path_prefix)} of GATEWAY_PUBLIC_BASE_URL",
+                raw_path=path[len(public_base.path_prefix) :],
+            )
+        )
+    if path.endswith("/") and len(path) > 1:
+        edits.append(_edit(TRAILING_SLASH, "path without its trailing slash", raw_path=path[:-1]))
+    else:
+        edits.append(_edit(TRAILING_SLASH, "path with a trailing slash", raw_path=path + "/"))
+    return edits
+
+
+def _query_edits(inbound: InboundRequest, provider: Provider) -> list[_Edit]:
+    raw = inbound.query_string
+    if not raw:
+        return []
+    edits: list[_Edit] = []
+    # Plivo signs the decoded parameters sorted by name: order, "+" vs "%20" and the case
+    # of percent-escapes cannot matter there. Twilio signs the URL byte for byte.
+    if provider is Provider.TWILIO:
+        pieces = raw.split("&")
+        ordered = sorted(pieces, key=lambda piece: piece.partition("=")[0])
+        if ordered != pieces:
+            edits.append(_edit(QUERY_ORDER, "query sorted by name", query_string="&".join(ordered)))
+        if len(pieces) > 1 and pieces[::-1] != ordered:
+            edits.append(_edit(QUERY_ORDER, "query in reverse order", query_string="&".join(pieces[::-1])))
+        if "+" in raw:
+            edits.append(_edit(QUERY_ENCODING, "query with %20 for +", query_string=raw.replace("+", "%20")))
+        if "%20" in raw:
+            edits.append(_edit(QUERY_ENCODING, "query with + for %20", query_string=raw.replace("%20", "+")))
+        upper = _PERCENT_RE.sub(lambda m: m.group(0).upper(), raw)
+        lower = _PERCENT_RE.sub(lambda m: m.group(0).lower(), raw)
+        for text, case in ((upper, "upper"), (lower, "lower")):
+            if text != raw:
+                edits.append(_edit(QUERY_ENCODING, f"query with {case}-case percent-escapes", query_string=text))
+        try:
+            pairs = parse_pairs(_wire_text(raw))
+        except Rejected:
+            pairs = []
+        for encoded, style in ((urlencode(pairs), "form style"), (urlencode(pairs, quote_via=quote), "%20 style")):
+            if pairs and encoded != raw:
+                edits.append(_edit(QUERY_ENCODING, f"query re-encoded ({style})", query_string=encoded))
+    if "+" in raw:  # a proxy that decoded %2B into "+" (which then reads as a space)
+        edits.append(_edit(QUERY_ENCODING, "query with %2B for +", query_string=raw.replace("+", "%2B")))
+    return edits
+
+
+def _body_edits(inbound: InboundRequest, provider: Provider) -> list[_Edit]:
+    if not inbound.body:
+        return []
+    if inbound.is_form:
+        # Twilio covers a raw (JSON) body through bodySHA256 in the URL, not as parameters.
+        if provider is Provider.TWILIO and "bodySHA256=" in inbound.query_string:
+            headers = {**inbound.headers, "content-type": "application/json"}
+            return [_edit(FORM_VS_RAW, "body as raw bytes (bodySHA256), not form parameters", headers=headers)]
+        return []
+    headers = {**inbound.headers, "content-type": FORM_CONTENT_TYPE}
+    return [_edit(FORM_VS_RAW, f"body as form parameters (Content-Type {FORM_CONTENT_TYPE})", headers=headers)]
+
+
+def _wire_text(raw: str) -> str:
+    try:
+        return raw.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return raw
+
+
+def _identity(request: InboundRequest) -> tuple[str, str, str, str, str]:
+    return (request.scheme, request.netloc, request.raw_path, request.query_string, request.content_type)
+
+
+def variants(inbound: InboundRequest, provider: Provider, public_base: PublicBase | None = None) -> Iterator[Variant]:
+    """Altered copies of `inbound`, most likely explanation first: single changes, then
+    the scheme combined with a host/port or path change, then host with path.
+
+    Lazy: take only as many as you will verify. Duplicates (and the request itself) are skipped.
+    """
+    if provider not in SUPPORTED:
+        return
+    flipped = "http" if inbound.scheme == "https" else "https"
+    scheme = _edit(SCHEME, f"scheme={flipped}", scheme=flipped)
+    netlocs = _netloc_edits(inbound, provider, inbound.scheme, public_base)
+    paths = _path_edits(inbound, public_base)
+    groups: Iterator[tuple[_Edit, ...]] = itertools.chain(
+        [(scheme,)],
+        ((edit,) for edit in netlocs),
+        ((edit,) for edit in paths),
+        ((edit,) for edit in _body_edits(inbound, provider)),
+        ((edit,) for edit in _query_edits(inbound, provider)),
+        ((scheme, edit) for edit in _netloc_edits(inbound, provider, flipped, public_base)),
+        ((scheme, edit) for edit in paths),
+        ((netloc, path) for netloc in netlocs for path in paths),
+    )
+    seen = {_identity(inbound)}
+    for edits in groups:
+        fields = dict(field for edit in edits for field in edit.fields)
+        # The parsed query/form may be shared unless this variant changes what they come from.
+        cache = {} if ("query_string" in fields or "headers" in fields) else dict(inbound._cache)
+        request = dataclasses.replace(inbound, **fields, _cache=cache)
+        identity = _identity(request)
+        if identity in seen:
+            continue
+        seen.add(identity)
+        yield Variant(tuple(edit.change for edit in edits), request)
+
+
+def attempts(
+    inbound: InboundRequest,
+    creds: PhoneCredentials,
+    verifier: Verifier,
+    now: float,
+    *,
+    public_base: PublicBase | None = None,
+    limit: int = MAX_VARIANTS,
+) -> Iterator[tuple[Variant, Verified | None]]:
+    """Each variant (at most `limit`) with what the verifier made of it. Never records anything."""
+    for variant in itertools.islice(variants(inbound, creds.provider, public_base), limit):
+        try:
+            verified: Verified | None = verifier.verify(variant.request, creds, now)
+        except Rejected:
+            verified = None
+        yield variant, verified
+
+
+def diagnose(
+    inbound: InboundRequest,
+    creds: PhoneCredentials,
+    verifier: Verifier,
+    now: float,
+    *,
+    public_base: PublicBase | None = None,
+    limit: int = MAX_VARIANTS,
+) -> Diagnosis | None:
+    """The first variant the phone's verifier would have accepted, or None. Diagnosis only."""
+    for tried, (variant, verified) in enumerate(
+        attempts(inbound, creds, verifier, now, public_base=public_base, limit=limit), start=1
+    ):
+        if verified is not None:
+            return Diagnosis(creds.provider, variant, verified.key_fingerprint, tried)
+    return None
+
+
+# ---- on the request path ---------------------------------------------------------------
+
+
+class _Bucket:
+    """Token bucket: `rate` per second, at most `burst` at once."""
+
+    __slots__ = ("_burst", "_clock", "_rate", "_stamp", "_tokens")
+
+    def __init__(self, rate: float, burst: float, clock: Callable[[], float]) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._clock = clock
+        self._tokens = burst
+        self._stamp = clock()
+
+    def take(self) -> bool:
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
+        self._stamp = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+
+class MismatchExplainer:
+    """Called by the webhook handler after a well-formed signature of a known phone failed.
+
+    Bounded: at most `max_variants` verifier runs per failed request, and at most
+    `rate_per_s` diagnosed requests per second per process (a burst of `burst`); past
+    that, failures are answered as usual and not diagnosed. Counts the matching
+    variant's labels in `gateway_signature_mismatch_total` and logs one WARNING per
+    phone and mismatch per `log_interval_s` (plus a global cap), never a secret.
+    Never raises, never changes the answer.
+    """
+
+    def __init__(
+        self,
+        public_base: PublicBase | None = None,
+        *,
+        max_variants: int = MAX_VARIANTS,
+        rate_per_s: float = 50.0,
+        burst: float = 100.0,
+        log_interval_s: float = 60.0,
+        log_rate_per_s: float = 1.0,
+        log_burst: float = 30.0,
+        max_log_keys: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._public_base = public_base
+        self._max_variants = max_variants
+        self._budget = _Bucket(rate_per_s, burst, clock)
+        self._log_budget = _Bucket(log_rate_per_s, log_burst, clock)
+        self._log_interval_s = log_interval_s
+        self._max_log_keys = max_log_keys
+        self._clock = clock
+        # (phone id, variant label) -> [last logged at, warnings suppressed since]
+        self._logged: OrderedDict[tuple[str, str], list[float]] = OrderedDict()
+        self._suppressed_globally = 0
+
+    def __call__(
+        self, inbound: InboundRequest, creds: PhoneCredentials, verifier: Verifier, now: float
+    ) -> Diagnosis | None:
+        if creds.provider not in SUPPORTED:
+            return None
+        try:
+            if not self._budget.take():
+                return None
+            diagnosis = diagnose(inbound, creds, verifier, now, public_base=self._public_base, limit=self._max_variants)
+            if diagnosis is None:
+                return None
+            for label in diagnosis.labels:
+                metrics.MISMATCH.labels(diagnosis.provider.value, label).inc()
+            self._warn(creds.phone_id, diagnosis)
+            return diagnosis
+        except Exception as exc:  # a diagnosis bug must never turn a 403 into a 500
+            log.error("signature mismatch diagnosis failed (%s); the request was rejected as usual", type(exc).__name__)
+            return None
+
+    def _warn(self, phone_id: str, diagnosis: Diagnosis) -> None:
+        key = (phone_id, diagnosis.variant.label)
+        now = self._clock()
+        entry = self._logged.get(key)
+        if entry is not None and now - entry[0] < self._log_interval_s:
+            entry[1] += 1
+            return
+        if not self._log_budget.take():
+            self._suppressed_globally += 1
+            return
+        suppressed = int(entry[1]) if entry is not None else 0
+        self._logged[key] = [now, 0]
+        self._logged.move_to_end(key)
+        while len(self._logged) > self._max_log_keys:
+            self._logged.popitem(last=False)
+        notes = [f"phone {phone_id}", f"key {diagnosis.key_fingerprint or '-'}", "request rejected (403)"]
+        if suppressed:
+            notes.append(f"{suppressed} more like it in the last {self._log_interval_s:.0f}s")
+        if self._suppressed_globally:
+            notes.append(f"{self._suppressed_globally} other mismatch warnings suppressed")
+            self._suppressed_globally = 0
+        log.warning("%s (%s)", diagnosis.message(), "; ".join(notes))
