@@ -186,7 +186,12 @@ class KeyStore:
         views: list[dict[str, Any]] = []
         for chunk_start in range(0, len(ids), 500):
             chunk = ids[chunk_start : chunk_start + 500]
-            raws = await self._redis.mget([self._names.phone(i) for i in chunk]) if chunk else []
+            # Per-key GETs in one pipeline, not MGET: phone records live in every slot of a Redis
+            # Cluster (a cluster pipeline sends each node its own keys); one round trip elsewhere.
+            pipe = self._redis.pipeline(transaction=False)
+            for phone_id in chunk:
+                pipe.get(self._names.phone(phone_id))
+            raws = await pipe.execute()
             views.extend(public_view(orjson.loads(raw)) for raw in raws if raw is not None)
         return views
 

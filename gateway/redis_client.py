@@ -1,54 +1,275 @@
 """Open the Redis client the gateway uses, with edge-service timeouts.
 
+GATEWAY_REDIS_URL forms:
+  redis://[[user]:password@]host:port/db          plain TCP
+  rediss://...                                     TLS
+  unix:///path/to/redis.sock[?db=N]                unix socket
+  redis+sentinel://[[user]:password@]h1:p1,h2:p2/service[/db][?sentinel_password=...]
+  rediss+sentinel://...                            the same over TLS (to sentinels and master)
+  with GATEWAY_REDIS_CLUSTER=true: redis[s]://[[user]:password@]seed1:p1[,seed2:p2...][/0]
+
 redis-py's defaults (5 s socket timeouts, and up to 10 retries with backoff in
 recent versions) are too patient for an edge that must answer 503 quickly so
-the carrier retries: we set explicit timeouts and at most one immediate retry
-(which transparently replaces a pooled connection that died with a restart).
+the carrier retries: we set explicit timeouts and at most one immediate retry,
+on connection errors only (it transparently replaces a pooled connection that
+died with a restart). A timeout is not retried: the command may have run, and
+running a forward script twice would turn an accepted event into a "replay".
+
+Sentinel: redis-py discovers the master only when it opens a connection, and
+its asyncio pool keeps connections that were in use during a failover, so a
+gateway would go on writing to the demoted master — which still answers OK
+until Sentinel reconfigures it (up to ~20 s), and whose writes are then thrown
+away. Here every pool asks all sentinels for the master every
+SENTINEL_CHECK_INTERVAL_S (newest config epoch wins) and drops every
+connection, in use or idle, as soon as the master moves. Writes accepted by the
+old master in the last moments before the switch are only safe with
+GATEWAY_REDIS_WAIT_REPLICAS (see gateway/forwarder.py).
 """
 
 from __future__ import annotations
 
-from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
+import redis.exceptions as rx
 from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 
-from gateway.settings import Settings
+if TYPE_CHECKING:
+    from gateway.settings import Settings
+
+log = logging.getLogger("gateway.redis")
+
+SENTINEL_SCHEMES = frozenset({"redis+sentinel", "rediss+sentinel"})
+PLAIN_SCHEMES = frozenset({"redis", "rediss", "unix"})
+DEFAULT_SENTINEL_PORT = 26379
+DEFAULT_REDIS_PORT = 6379
+SENTINEL_CHECK_INTERVAL_S = 0.5
+
+
+def _retry() -> Retry:
+    return Retry(NoBackoff(), retries=1, supported_errors=(rx.ConnectionError,))
 
 
 def _common(settings: Settings) -> dict[str, Any]:
     return {
         "socket_timeout": settings.redis_timeout_s,
         "socket_connect_timeout": settings.redis_connect_timeout_s,
-        "retry": Retry(NoBackoff(), retries=1),
+        "retry": _retry(),
         "health_check_interval": 15,
     }
 
 
-def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, int, str | None, str | None]:
-    """redis+sentinel://[[user]:password@]host:port[,host:port...]/service_name[/db]."""
-    parts = urlsplit(url)
-    userinfo, _, hostlist = parts.netloc.rpartition("@")
+def split_hosts(hostlist: str, default_port: int, what: str) -> list[tuple[str, int]]:
+    """'h1:p1,[2001:db8::1]:p2,h3' → [(h1, p1), (2001:db8::1, p2), (h3, default)]."""
+    hosts: list[tuple[str, int]] = []
+    for raw in hostlist.split(","):
+        item = raw.strip()
+        if not item:
+            raise ValueError(f"GATEWAY_REDIS_URL: empty {what} address in {hostlist!r}")
+        if item.startswith("["):  # [IPv6]:port
+            host, _, rest = item[1:].partition("]")
+            port_text = rest.removeprefix(":") if rest.startswith(":") else rest
+            if rest and not rest.startswith(":"):
+                raise ValueError(f"GATEWAY_REDIS_URL: bad {what} address {item!r}")
+        elif item.count(":") == 1:
+            host, _, port_text = item.partition(":")
+        elif ":" in item:
+            raise ValueError(f"GATEWAY_REDIS_URL: write IPv6 {what} addresses as [address]:port, not {item!r}")
+        else:
+            host, port_text = item, ""
+        try:
+            port = int(port_text) if port_text else default_port
+        except ValueError:
+            raise ValueError(f"GATEWAY_REDIS_URL: bad port in {what} address {item!r}") from None
+        if not host or not 0 < port < 65536:
+            raise ValueError(f"GATEWAY_REDIS_URL: bad {what} address {item!r}")
+        hosts.append((host, port))
+    return hosts
+
+
+def _userinfo(netloc: str) -> tuple[str, str | None, str | None]:
+    userinfo, _, hostlist = netloc.rpartition("@")
     username = password = None
     if userinfo:
         user, _, pw = userinfo.partition(":")
         username, password = (unquote(user) or None), (unquote(pw) or None)
-    hosts: list[tuple[str, int]] = []
-    for item in hostlist.split(","):
-        host, _, port = item.strip().rpartition(":")
-        if not host:
-            host, port = item.strip(), "26379"
-        hosts.append((host.strip("[]"), int(port or 26379)))
+    return hostlist, username, password
+
+
+def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, int, str | None, str | None]:
+    """redis+sentinel://[[user]:password@]host:port[,host:port...]/service[/db] → (hosts, service, db, user, pw)."""
+    parts = urlsplit(url)
+    hostlist, username, password = _userinfo(parts.netloc)
+    hosts = split_hosts(hostlist, DEFAULT_SENTINEL_PORT, "sentinel")
     segments = [s for s in parts.path.split("/") if s]
     if not segments:
         raise ValueError("GATEWAY_REDIS_URL: a sentinel URL needs the service name as its path")
+    if len(segments) > 2:
+        raise ValueError("GATEWAY_REDIS_URL: a sentinel URL's path is /service_name[/db]")
     service = unquote(segments[0])
-    db = int(segments[1]) if len(segments) > 1 else int(parse_qs(parts.query).get("db", ["0"])[0])
+    db_text = segments[1] if len(segments) > 1 else parse_qs(parts.query).get("db", ["0"])[0]
+    try:
+        db = int(db_text)
+    except ValueError:
+        raise ValueError(f"GATEWAY_REDIS_URL: database {db_text!r} is not a number") from None
     return hosts, service, db, username, password
+
+
+def _cluster_seeds(url: str) -> tuple[str, list[tuple[str, int]]]:
+    """(URL of the first seed node, every seed) for a cluster URL with one or more comma-separated hosts."""
+    parts = urlsplit(url)
+    hostlist, _, _ = _userinfo(parts.netloc)
+    seeds = split_hosts(hostlist, DEFAULT_REDIS_PORT, "cluster node")
+    if parts.path.strip("/") not in ("", "0"):
+        raise ValueError("GATEWAY_REDIS_URL: Redis Cluster has only database 0 (path / or /0)")
+    userinfo = parts.netloc.rpartition("@")[0]
+    host, port = seeds[0]
+    first = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    netloc = f"{userinfo}@{first}" if userinfo else first
+    return urlunsplit((parts.scheme, netloc, "/0", parts.query, "")), seeds
+
+
+def validate_url(url: str, cluster: bool) -> None:
+    """Raise ValueError (naming GATEWAY_REDIS_URL, never echoing a password) unless connect() can use it."""
+    scheme = urlsplit(url).scheme
+    if scheme not in PLAIN_SCHEMES | SENTINEL_SCHEMES:
+        raise ValueError("GATEWAY_REDIS_URL must start with redis://, rediss://, unix:// or redis+sentinel://")
+    if scheme in SENTINEL_SCHEMES:
+        if cluster:
+            raise ValueError("GATEWAY_REDIS_CLUSTER=true cannot be combined with a redis+sentinel:// URL")
+        parse_sentinel_url(url)
+    elif cluster:
+        if scheme == "unix":
+            raise ValueError("GATEWAY_REDIS_CLUSTER=true needs redis:// or rediss:// node addresses, not unix://")
+        _cluster_seeds(url)
+    elif scheme != "unix" and "," in urlsplit(url).netloc:
+        raise ValueError("GATEWAY_REDIS_URL: several hosts need redis+sentinel:// or GATEWAY_REDIS_CLUSTER=true")
+
+
+# ---- Sentinel -------------------------------------------------------------------------
+
+
+class GatewaySentinel(Sentinel):
+    """Asks every sentinel at once and believes the newest configuration epoch.
+
+    redis-py asks sentinels one by one and takes the first answer, which can be
+    a sentinel that has not yet heard of a failover.
+    """
+
+    async def discover_master(self, service_name: str) -> tuple[str, int]:
+        answers = await asyncio.gather(
+            *(sentinel.sentinel_master(service_name) for sentinel in self.sentinels), return_exceptions=True
+        )
+        best: tuple[int, str, int] | None = None
+        for state in answers:
+            if isinstance(state, BaseException) or not isinstance(state, dict):
+                continue
+            if not self.check_master_state(state, service_name):
+                continue
+            try:
+                epoch = int(state.get("config-epoch", 0))
+            except (TypeError, ValueError):
+                epoch = 0
+            if best is None or epoch > best[0]:
+                best = (epoch, str(state["ip"]), int(state["port"]))
+        if best is None:
+            raise MasterNotFoundError(f"No master found for {service_name!r}")
+        return best[1], best[2]
+
+
+class WatchedSentinelPool(SentinelConnectionPool):
+    """A master pool that re-checks the master's address in the background and drops every connection when it moves."""
+
+    def __init__(self, service_name: str, sentinel_manager: Sentinel, **kwargs: Any) -> None:
+        self.check_interval_s = float(kwargs.pop("master_check_interval_s", SENTINEL_CHECK_INTERVAL_S))
+        super().__init__(service_name, sentinel_manager, **kwargs)  # type: ignore[no-untyped-call]
+        self._watcher: asyncio.Task[None] | None = None
+        self.failovers_seen = 0
+
+    async def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Any:
+        if self.is_master and (self._watcher is None or self._watcher.done()):
+            self._watcher = asyncio.get_running_loop().create_task(self._watch(), name="redis-sentinel-watch")
+        return await super().get_connection(command_name, *keys, **options)  # type: ignore[no-untyped-call]
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.check_interval_s)
+            try:
+                address = await self.sentinel_manager.discover_master(self.service_name)
+            except Exception as exc:  # sentinels unreachable: keep what we have, connections fail on their own
+                log.debug("sentinel check failed: %s", type(exc).__name__)
+                continue
+            if self.master_address is not None and address != self.master_address:
+                self.failovers_seen += 1
+                log.warning("Redis master for %r moved; dropping every connection to the old one", self.service_name)
+                self.master_address = address
+                await self.disconnect(inuse_connections=True)
+
+    async def stop_watching(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
+
+
+class SentinelRedis(Redis):
+    """The master client; closing it also closes the sentinel connections and the watcher."""
+
+    sentinel_manager: Sentinel | None = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        pool = self.connection_pool
+        try:
+            if isinstance(pool, WatchedSentinelPool):
+                await pool.stop_watching()
+            await super().aclose(close_connection_pool)
+        finally:
+            if self.sentinel_manager is not None:
+                with contextlib.suppress(Exception):
+                    await self.sentinel_manager.aclose()
+
+
+def _sentinel(settings: Settings, target: str) -> Redis:
+    scheme = urlsplit(target).scheme
+    hosts, service, db, username, password = parse_sentinel_url(target)
+    query = parse_qs(urlsplit(target).query)
+    tls = scheme.startswith("rediss")
+    sentinel_kwargs: dict[str, Any] = {
+        "socket_timeout": settings.redis_timeout_s,
+        "socket_connect_timeout": settings.redis_connect_timeout_s,
+        "retry": Retry(NoBackoff(), retries=0),
+        "ssl": tls,
+    }
+    if "sentinel_password" in query:
+        sentinel_kwargs["password"] = query["sentinel_password"][0]
+    if "sentinel_username" in query:
+        sentinel_kwargs["username"] = query["sentinel_username"][0]
+    manager = GatewaySentinel(  # type: ignore[no-untyped-call]
+        hosts,
+        sentinel_kwargs=sentinel_kwargs,
+        username=username,
+        password=password,
+        db=db,
+        ssl=tls,
+        max_connections=settings.redis_max_connections,
+        **_common(settings),
+    )
+    client: SentinelRedis = manager.master_for(
+        service, redis_class=SentinelRedis, connection_pool_class=WatchedSentinelPool
+    )
+    client.sentinel_manager = manager
+    return client
+
+
+# ---- entry point ----------------------------------------------------------------------
 
 
 def connect(settings: Settings, url: str | None = None) -> Redis:
@@ -56,31 +277,19 @@ def connect(settings: Settings, url: str | None = None) -> Redis:
     target = url or settings.redis_url
     if target is None:
         raise ValueError("GATEWAY_REDIS_URL is not set")
-    common = _common(settings)
-    scheme = urlsplit(target).scheme
-    if scheme in {"redis+sentinel", "rediss+sentinel"}:
-        hosts, service, db, username, password = parse_sentinel_url(target)
-        sentinel = Sentinel(
-            hosts,
-            sentinel_kwargs={
-                "socket_timeout": settings.redis_timeout_s,
-                "socket_connect_timeout": settings.redis_connect_timeout_s,
-            },
-            username=username,
-            password=password,
-            db=db,
-            ssl=scheme.startswith("rediss"),
-            max_connections=settings.redis_max_connections,
-            **common,
-        )
-        return sentinel.master_for(service)
+    validate_url(target, settings.redis_cluster)
+    if urlsplit(target).scheme in SENTINEL_SCHEMES:
+        return _sentinel(settings, target)
     if settings.redis_cluster:
+        first, seeds = _cluster_seeds(target)
         cluster: Any = RedisCluster.from_url(
-            target,
+            first,
+            startup_nodes=[ClusterNode(host, port) for host, port in seeds[1:]],
             socket_timeout=settings.redis_timeout_s,
             socket_connect_timeout=settings.redis_connect_timeout_s,
-            retry=Retry(NoBackoff(), retries=1),
+            retry=_retry(),
             max_connections=settings.redis_max_connections,
         )
-        return cluster  # RedisCluster offers the subset of the Redis API the gateway uses
-    return Redis.from_url(target, max_connections=settings.redis_max_connections, **common)
+        return cast(Redis, cluster)  # RedisCluster offers the subset of the Redis API the gateway uses
+    plain: Redis = Redis.from_url(target, max_connections=settings.redis_max_connections, **_common(settings))
+    return plain

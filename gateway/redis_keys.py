@@ -2,23 +2,53 @@
 
 Per-phone records are single-key operations and may live in any cluster slot.
 The nonce and idempotency keys are written in the same Lua script as the
-XADD, so they carry the stream's hash tag and share its slot in Redis Cluster.
+XADD, so they carry a hash tag that puts them in the stream's slot in Redis
+Cluster (`stream_tag`), whatever the stream is called.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 
+from redis.crc import key_slot
+
 
 def hash_tag(key: str) -> str:
-    """The part of a key Redis Cluster hashes: the first non-empty {...}, else the whole key."""
+    """The part of a key Redis Cluster hashes: what is between the first "{" and the next "}"
+    when that is not empty, else the whole key (the cluster spec's rule)."""
     start = key.find("{")
     if start != -1:
         end = key.find("}", start + 1)
         if end > start + 1:
             return key[start + 1 : end]
     return key
+
+
+def slot(key: str) -> int:
+    """The Redis Cluster slot of a key."""
+    return key_slot(key.encode())
+
+
+@functools.lru_cache(maxsize=64)
+def stream_tag(stream: str) -> str:
+    """A "{...}" prefix that puts any key it starts in the same cluster slot as `stream`.
+
+    Usually the stream's own hash tag. When that cannot be written between braces
+    (a stream name hashed whole that contains "}"), a brace-free tag with the same
+    slot is searched for instead (at most a few ten thousand CRC16s, once).
+    """
+    target = slot(stream)
+    tag = hash_tag(stream)
+    if "}" not in tag and slot("{" + tag + "}") == target:
+        return "{" + tag + "}"
+    base = tag.replace("{", "").replace("}", "")
+    for counter in range(1_000_000):
+        candidate = f"{base}~{counter}"
+        if slot(candidate) == target:
+            return "{" + candidate + "}"
+    raise AssertionError("unreachable: CRC16 covers every slot")  # pragma: no cover
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +72,12 @@ class KeyNames:
 
     @property
     def _tag(self) -> str:
-        return "{" + hash_tag(self.stream) + "}"
+        return stream_tag(self.stream)
+
+    @property
+    def dead_letter(self) -> str:
+        """The reference consumer's dead-letter stream (gateway/consumer.py)."""
+        return f"{self.stream}:dead"
 
     def nonce(self, phone_id: str, nonce: str) -> str:
         digest = hashlib.blake2b(nonce.encode(), digest_size=12).hexdigest()
