@@ -106,6 +106,8 @@ class GatewayApp:
             nonce_ttl_s=settings.nonce_ttl_s,
             idempotency_ttl_s=settings.idempotency_ttl_s,
             stream_maxlen=settings.stream_maxlen,
+            wait_replicas=settings.redis_wait_replicas,
+            wait_timeout_ms=max(1, int(settings.redis_timeout_s * 500)),  # answered well before the socket timeout
         )
         verifiers: dict[Provider, Verifier] = {
             Provider.PLIVO: PlivoVerifier(),

@@ -67,6 +67,10 @@ class Unavailable(Exception):
         self.what = what
 
 
+class NotReplicated(Exception):
+    """Redis ran the write but fewer replicas than GATEWAY_REDIS_WAIT_REPLICAS confirmed it in time."""
+
+
 RETRY_AFTER_S = 1
 UNAVAILABLE_ANSWER = (503, b"service unavailable\n")
 

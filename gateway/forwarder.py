@@ -9,6 +9,11 @@ nothing half-written. All scripts of the requests in flight are sent as one
 pipeline (one round trip), and each request is answered only after its own
 script's reply: the per-request Redis cost is amortised without weakening the
 "2xx only once durably in the stream" rule.
+
+With GATEWAY_REDIS_WAIT_REPLICAS=N the pipeline ends with WAIT N: a batch is
+answered 2xx only once N replicas hold it, so a Sentinel failover (which promotes
+a replica and throws away what only the old master had) cannot lose an accepted
+event; too few confirmations answer 503.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import redis.exceptions as rx
 from redis.asyncio import Redis
 
 from gateway import metrics
-from gateway.errors import Unavailable
+from gateway.errors import NotReplicated, Unavailable
 from gateway.redis_keys import KeyNames
 
 log = logging.getLogger("gateway.forwarder")
@@ -60,6 +65,7 @@ REDIS_FAILURES = (
     rx.OutOfMemoryError,
     OSError,
     asyncio.TimeoutError,
+    NotReplicated,
 )
 
 
@@ -91,6 +97,8 @@ class Forwarder:
         stream_maxlen: int = 0,
         max_batch: int = 256,
         max_inflight_batches: int = 2,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 500,
     ) -> None:
         self._redis = redis
         self._names = names
@@ -98,6 +106,8 @@ class Forwarder:
         self._idem_ttl = str(idempotency_ttl_s)
         self._maxlen = str(stream_maxlen)
         self._max_batch = max_batch
+        self._wait_replicas = wait_replicas
+        self._wait_timeout_ms = wait_timeout_ms
         self._queue: list[_Pending] = []
         self._wakeup = asyncio.Event()
         self._slots = asyncio.Semaphore(max_inflight_batches)
@@ -219,7 +229,19 @@ class Forwarder:
         pipe = self._redis.pipeline(transaction=False)
         for item in batch:
             pipe.evalsha(FORWARD_SHA, *self._args(item))
-        return list(await pipe.execute(raise_on_error=False))
+        if self._wait_replicas:
+            # Same connection, after the scripts: returns how many replicas have everything this
+            # connection wrote. Fewer than asked = not durable across a failover = 503, never 2xx
+            # (an event that did reach the master is recognised as a duplicate on the carrier's retry).
+            pipe.execute_command("WAIT", self._wait_replicas, self._wait_timeout_ms)
+        results = list(await pipe.execute(raise_on_error=False))
+        if self._wait_replicas:
+            acked = results.pop()
+            if isinstance(acked, BaseException):
+                raise acked
+            if int(acked) < self._wait_replicas:
+                raise NotReplicated(f"{acked} of {self._wait_replicas} replicas confirmed")
+        return results
 
 
 def _text(value: Any) -> str:

@@ -22,7 +22,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from gateway.errors import Reason
+from gateway.errors import NotReplicated, Reason
 
 PROVIDERS = ("plivo", "vobiz", "exotel", "telnyx", "twilio")
 KINDS = ("incoming", "status", "voice")
@@ -137,6 +137,8 @@ def redis_error_class(exc: BaseException) -> str:
     """A fixed label for a Redis exception (never its message, which may echo data)."""
     import redis.exceptions as rx
 
+    if isinstance(exc, NotReplicated):
+        return "not_replicated"
     if isinstance(exc, rx.ReadOnlyError):
         return "readonly"
     if isinstance(exc, rx.OutOfMemoryError):

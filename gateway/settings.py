@@ -47,6 +47,7 @@ class Settings:
     kek: Secret
     redis_url: str | None = None  # None → embedded server (single machine only)
     redis_cluster: bool = False
+    redis_wait_replicas: int = 0  # replicas that must confirm each forwarded batch before its 2xx (WAIT)
     public_base: PublicBase | None = None
     trusted_proxies: tuple[IPNetwork, ...] = ()
     exotel_allowed_ips: str | None = None  # raw EXOTEL_ALLOWED_IPS; None → built-in list file
@@ -228,6 +229,7 @@ KNOWN_NAMES = frozenset(
     {
         "GATEWAY_REDIS_URL",
         "GATEWAY_REDIS_CLUSTER",
+        "GATEWAY_REDIS_WAIT_REPLICAS",
         "GATEWAY_PUBLIC_BASE_URL",
         "GATEWAY_TRUSTED_PROXIES",
         "EXOTEL_ALLOWED_IPS",
@@ -385,6 +387,24 @@ def _parse_answers_and_forwards(get: Callable[[str], str | None], kwargs: dict[s
         )
 
 
+def _check_redis_topology(get: Callable[[str], str | None], kwargs: dict[str, Any]) -> None:
+    """GATEWAY_REDIS_URL's form against GATEWAY_REDIS_CLUSTER, and GATEWAY_REDIS_WAIT_REPLICAS."""
+    from gateway.redis_client import validate_url  # imports redis; settings stays importable without it
+
+    if "redis_url" in kwargs:
+        try:
+            validate_url(kwargs["redis_url"], kwargs.get("redis_cluster", False))
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
+    if (raw := get("GATEWAY_REDIS_WAIT_REPLICAS")) is not None:
+        kwargs["redis_wait_replicas"] = _parse_int("GATEWAY_REDIS_WAIT_REPLICAS", raw, minimum=0, maximum=16)
+        if kwargs["redis_wait_replicas"] and kwargs.get("redis_cluster", False):
+            raise SettingsError(
+                "GATEWAY_REDIS_WAIT_REPLICAS is not supported with GATEWAY_REDIS_CLUSTER=true "
+                "(a cluster pipeline may redirect a script to another node than its WAIT)"
+            )
+
+
 def from_env(environ: Mapping[str, str] | None = None, toml_path: Path | None = None) -> Settings:
     """Build and validate Settings. Raises SettingsError naming the first bad variable."""
     env = dict(os.environ if environ is None else environ)
@@ -416,6 +436,7 @@ def from_env(environ: Mapping[str, str] | None = None, toml_path: Path | None = 
         kwargs["redis_url"] = url
     if (raw := get("GATEWAY_REDIS_CLUSTER")) is not None:
         kwargs["redis_cluster"] = _parse_bool("GATEWAY_REDIS_CLUSTER", raw)
+    _check_redis_topology(get, kwargs)
     if (raw := get("GATEWAY_EXPLAIN_MISMATCHES")) is not None:
         kwargs["explain_mismatches"] = _parse_bool("GATEWAY_EXPLAIN_MISMATCHES", raw)
     if (raw := get("GATEWAY_PUBLIC_BASE_URL")) is not None:
