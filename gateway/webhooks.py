@@ -244,10 +244,9 @@ class WebhookHandler:
                 creds.phone_id, event, nonce=verified.nonce, idempotency_key=idempotency_key
             )
         except Rejected as rejection:
-            answered = await self._reject(send, rejection.reason, provider_label)
             if rejection.reason is Reason.INVALID_SIGNATURE and self._explain is not None:
-                self._explain(inbound, creds, self._verifiers[provider], now)  # after the 403 is sent
-            return answered
+                self._explain(inbound, creds, self._verifiers[provider], now)  # diagnosis only: never accepts
+            return await self._reject(send, rejection.reason, provider_label)
         except Unavailable:
             return await self._unavailable(send, provider_label)
 
