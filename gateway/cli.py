@@ -125,14 +125,15 @@ def serve(args: argparse.Namespace) -> int:
         proxy_headers=False,  # gateway.proxy decides whom to believe (GATEWAY_TRUSTED_PROXIES)
         server_header=False,
         access_log=False,  # ours strips the query string (Exotel's ?token= is a secret)
-        http="httptools",
+        # httptools plus the request-head size cap and deadline uvicorn lacks (docs/limits.md).
+        http="gateway.http_protocol:EdgeHttpToolsProtocol",
         loop="uvloop",
         lifespan="on",
         timeout_keep_alive=settings.timeout_keep_alive_s,
         timeout_graceful_shutdown=30,
         limit_concurrency=settings.limit_concurrency,
         backlog=settings.backlog,
-        h11_max_incomplete_event_size=16 * 1024,
+        h11_max_incomplete_event_size=16 * 1024,  # the request-head cap, for EdgeHttpToolsProtocol too
     )
     _configure_logging(settings.log_level)
     try:

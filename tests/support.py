@@ -80,24 +80,30 @@ class RunningGateway:
 
 
 @contextmanager
-def run_gateway(settings: Settings, *, clock: Clock | None = None, http: str = "httptools") -> Iterator[RunningGateway]:
-    """The real app behind a real uvicorn socket, in a background thread."""
+def run_gateway(
+    settings: Settings, *, clock: Clock | None = None, http: Any = "httptools", **uvicorn_options: Any
+) -> Iterator[RunningGateway]:
+    """The real app behind a real uvicorn socket, in a background thread.
+
+    `http` is a uvicorn protocol name or class; `uvicorn_options` override the Config defaults.
+    """
     from gateway.app import GatewayApp
 
     app = GatewayApp(settings, clock=clock or Clock())
     port = free_port()
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        lifespan="on",
-        log_level="warning",
-        proxy_headers=False,
-        access_log=False,
-        http=http,
-        loop="asyncio",
-        timeout_graceful_shutdown=5,
-    )
+    options: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": port,
+        "lifespan": "on",
+        "log_level": "warning",
+        "proxy_headers": False,
+        "access_log": False,
+        "http": http,
+        "loop": "asyncio",
+        "timeout_graceful_shutdown": 5,
+    }
+    options.update(uvicorn_options)
+    config = uvicorn.Config(app, **options)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

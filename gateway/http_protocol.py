@@ -1,0 +1,128 @@
+"""uvicorn's httptools protocol with the two limits it lacks: request-head size and request-head time.
+
+Measured on uvicorn 0.54 (docs/limits.md): with `http="httptools"` a request head is
+buffered without any size limit (`h11_max_incomplete_event_size` only applies to h11),
+and neither protocol has a deadline for the head: a connection that sends nothing, or
+one header byte now and then (slowloris), is held forever and counts against
+`limit_concurrency` until new requests are all answered 503.
+
+This subclass keeps everything else of uvicorn's protocol and adds:
+  - a cap on the bytes of an incomplete request head (the same number uvicorn uses for
+    h11, `h11_max_incomplete_event_size`): over it, 431 and the connection is closed;
+  - a deadline from the connection's first moment (and from the first byte of each
+    later request) to the end of the request head: past it, 408 and close (a
+    connection that never sent a byte is just closed).
+Idle keep-alive time between requests stays uvicorn's `timeout_keep_alive`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+DEFAULT_HEAD_LIMIT_BYTES = 16 * 1024
+HEAD_TIMEOUT_S = 10.0
+
+_431 = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+_408 = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+
+
+class _HeadTooLarge(Exception):
+    """Raised from a parser callback: stops httptools before the app is called."""
+
+
+class EdgeHttpToolsProtocol(HttpToolsProtocol):
+    head_timeout_s: float = HEAD_TIMEOUT_S
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_limit = self.config.h11_max_incomplete_event_size or DEFAULT_HEAD_LIMIT_BYTES
+        self._head_bytes = 0  # wire bytes received while the current head is incomplete
+        self._head_size = 0  # parsed size of the current head (target + headers)
+        self._head_too_large = False
+        self._awaiting_head = True
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    # -- connection ---------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._awaiting_head:
+            super().data_received(data)
+            return
+        self._head_bytes += len(data)
+        super().data_received(data)
+        # Still inside a request head after this chunk (headers_complete resets the count).
+        if self._awaiting_head and self._head_bytes > self._head_limit and not self.transport.is_closing():
+            self._refuse(_431)
+
+    # -- parser callbacks -----------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_size = 0
+        if self._head_timer is None:  # a later request on a kept-alive connection
+            self._arm_head_timer()
+
+    def on_url(self, url: bytes) -> None:
+        self._head_size += len(url)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_size += len(name) + len(value) + 4
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._awaiting_head = False
+        self._head_bytes = 0
+        self._disarm_head_timer()
+        if self._head_size > self._head_limit:  # the whole head came in one read
+            self._head_too_large = True
+            raise _HeadTooLarge
+        super().on_headers_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        if self._head_too_large:
+            self._refuse(_431)
+            return
+        super().send_400_response(msg)
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._awaiting_head = True
+
+    # -- limits ---------------------------------------------------------------------------------
+
+    def _arm_head_timer(self) -> None:
+        self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
+
+    def _disarm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing() or not self._awaiting_head:
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._arm_head_timer()  # a pipelined head behind a response still being produced
+            return
+        if self._head_bytes:
+            self._refuse(_408)
+        else:
+            self.transport.close()
+
+    def _refuse(self, answer: bytes) -> None:
+        self._disarm_head_timer()
+        self.transport.write(answer)
+        self.transport.close()
