@@ -12,6 +12,7 @@ import base64
 import logging
 import os
 import secrets
+import signal
 import socket
 import sys
 import tempfile
@@ -136,6 +137,11 @@ def serve(args: argparse.Namespace) -> int:
         h11_max_incomplete_event_size=16 * 1024,  # the request-head cap, for EdgeHttpToolsProtocol too
     )
     _configure_logging(settings.log_level)
+    # After its graceful shutdown uvicorn re-raises the signal it caught, with the handler
+    # that was there before it started. SIGTERM's default would kill us on the spot, before
+    # the `finally` below stops the embedded Redis (left running, orphaned); as SystemExit
+    # the cleanup runs and the exit status still says "terminated" (128 + 15).
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         if settings.workers > 1:
             Multiprocess(config, sockets=sockets).run()
@@ -148,6 +154,10 @@ def serve(args: argparse.Namespace) -> int:
         if embedded is not None:
             embedded.stop()
     return 0
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _configure_logging(level: str) -> None:

@@ -6,6 +6,9 @@ import base64
 import json
 import os
 import secrets
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -132,15 +135,98 @@ def forwarded_headers(url: str, client_ip: str) -> dict[str, str]:
     return {"x-forwarded-proto": parts.scheme, "x-forwarded-host": parts.netloc, "x-forwarded-for": client_ip}
 
 
-def send_as_carrier(gw: RunningGateway, request: dict[str, Any]) -> httpx.Response:
-    """Send a vector-style request (full public URL) through the 'trusted proxy' (127.0.0.1)."""
+def as_carrier(request: dict[str, Any]) -> tuple[str, str, dict[str, str], bytes]:
+    """(method, target, headers, body) of a vector-style request sent through the 'trusted proxy'."""
     url = httpx.URL(request["url"])
     target = url.raw_path.decode()  # path + raw query, byte for byte
     headers = dict(request.get("headers", {}))
     headers.update(forwarded_headers(request["url"], request.get("client_ip", "192.0.2.1")))
     body = request.get("body", "")
     content = body.encode("utf-8") if isinstance(body, str) else body
-    return gw.client.request(request["method"], target, headers=headers, content=content)
+    return request["method"], target, headers, content
+
+
+def send_as_carrier(gw: RunningGateway, request: dict[str, Any]) -> httpx.Response:
+    """Send a vector-style request (full public URL) through the 'trusted proxy' (127.0.0.1)."""
+    method, target, headers, content = as_carrier(request)
+    return gw.client.request(method, target, headers=headers, content=content)
+
+
+class GatewayProcess:
+    """A real `gateway serve` subprocess; its stderr (all its logging) goes to `log_path`."""
+
+    def __init__(self, process: subprocess.Popen[bytes], port: int, admin_port: int | None, log_path: Path) -> None:
+        self.process = process
+        self.port = port
+        self.admin_port = admin_port
+        self.log_path = log_path
+        self.base_url = f"http://127.0.0.1:{port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def wait_ready(self, timeout_s: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gateway exited {self.process.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.base_url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"gateway not ready:\n{self.log()}")
+
+    def terminate(self, timeout_s: float = 40.0) -> int:
+        """SIGTERM, then wait for the graceful shutdown; the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise
+
+
+@contextmanager
+def spawn_gateway(
+    redis_url: str, tmp_path: Path, *, admin_port: bool = False, wait: bool = True, **env: str
+) -> Iterator[GatewayProcess]:
+    """`python -m gateway serve` on a free port (and a free admin port), against `redis_url`."""
+    port = free_port()
+    admin = free_port() if admin_port else None
+    environment = {
+        **os.environ,
+        "GATEWAY_REDIS_URL": redis_url,
+        "GATEWAY_KEK": KEK,
+        "GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN,
+        "GATEWAY_TRUSTED_PROXIES": "127.0.0.1/32",
+        "EXOTEL_ALLOWED_IPS": "203.0.113.0/24,2001:db8::/32",
+        "GATEWAY_PORT": str(port),
+        "GATEWAY_LOG_LEVEL": "info",
+        **({"GATEWAY_ADMIN_PORT": str(admin)} if admin else {}),
+        **env,
+    }
+    log_path = tmp_path / f"gateway-{port}.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve"],
+            env=environment,
+            cwd=tmp_path,  # no config/gateway.toml or .gateway/ of the repository is picked up
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    running = GatewayProcess(process, port, admin, log_path)
+    try:
+        if wait:
+            running.wait_ready()
+        yield running
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def random_id(prefix: str = "ph_test") -> str:
