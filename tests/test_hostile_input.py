@@ -29,6 +29,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -57,7 +58,7 @@ from gateway.providers.plivo import PlivoVerifier
 from gateway.providers.telnyx import TelnyxVerifier
 from gateway.providers.twilio import TwilioVerifier
 from gateway.webhooks import IDEMPOTENCY
-from tests.support import RunningGateway, make_settings, run_gateway
+from tests.support import RunningGateway, make_settings, run_gateway, spawn_gateway
 
 NOW = 1_795_000_000.0
 STREAM = "gateway:events"
@@ -873,3 +874,93 @@ def test_limit_concurrency_answers_503(redis_url: str, http: str) -> None:
         time.sleep(0.2)
         answer = send_raw(gw.port, b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
         assert answer.status == 200
+
+
+# ---- 4. body size: GATEWAY_MAX_BODY_BYTES from Content-Length before reading, and while streaming ----
+
+BODY_LIMIT = 2048
+
+
+@pytest.fixture(scope="module", params=["edge", "h11"])
+def small_bodies(request: pytest.FixtureRequest, redis_server: str) -> Iterator[RunningGateway]:
+    http = QuickEdgeProtocol if request.param == "edge" else "h11"
+    settings = make_settings(redis_server, GATEWAY_MAX_BODY_BYTES=str(BODY_LIMIT))
+    with run_gateway(settings, http=http, **LIMITS) as gw:
+        yield gw
+
+
+def _form_head(length: bytes, *extra: bytes) -> bytes:
+    lines = [b"POST /plivo/status/ph_x HTTP/1.1", b"host: x", b"content-type: application/x-www-form-urlencoded"]
+    return b"\r\n".join([*lines, *extra, b"content-length: " + length]) + b"\r\n\r\n"
+
+
+@pytest.mark.parametrize("declared", [BODY_LIMIT + 1, 10 * 1024 * 1024, 10**15 - 1])
+def test_declared_oversize_is_413_before_any_body_is_sent(small_bodies: RunningGateway, declared: int) -> None:
+    # The body is never sent: an answer at all proves the gateway did not wait to read it.
+    with socket.create_connection(("127.0.0.1", small_bodies.port), timeout=5) as sock:
+        sock.sendall(_form_head(str(declared).encode(), b"expect: 100-continue"))
+        answer = _recv_all(sock)
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:100]
+    assert b"100 Continue" not in answer  # the client was never invited to send it
+
+
+def test_body_at_the_limit_is_read_and_one_more_byte_is_413(small_bodies: RunningGateway) -> None:
+    at_limit = b"a=" + b"x" * (BODY_LIMIT - 2)
+    answer = send_raw(small_bodies.port, _form_head(str(BODY_LIMIT).encode(), b"connection: close") + at_limit)
+    assert answer.status == 401  # read whole, then refused as unsigned
+    over = at_limit + b"x"
+    answer = send_raw(small_bodies.port, _form_head(str(BODY_LIMIT + 1).encode(), b"connection: close") + over)
+    assert answer.status == 413
+
+
+def test_chunked_body_over_the_limit_is_413_while_still_streaming(
+    small_bodies: RunningGateway, redis_sync: redis.Redis
+) -> None:
+    head = b"POST /plivo/status/ph_x HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", small_bodies.port), timeout=5) as sock:
+        sock.sendall(head)
+        sent = 0
+        answer = b""
+        sock.settimeout(0.05)
+        for _ in range(200):  # up to 200 KiB, far over the limit; the terminating chunk never comes
+            try:
+                sock.sendall(b"400\r\n" + b"x" * 1024 + b"\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            sent += 1024
+            try:
+                answer += sock.recv(65536)
+            except TimeoutError:
+                continue
+            if answer:
+                break
+        if not answer:
+            answer = _recv_all(sock)
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:100]
+    assert sent < 64 * 1024  # answered while the client was still streaming, not after it finished
+    assert redis_sync.xlen(STREAM) == 0
+
+
+def test_chunked_body_under_the_limit_is_read(small_bodies: RunningGateway) -> None:
+    chunks = b"".join(b"100\r\n" + b"y" * 256 + b"\r\n" for _ in range(7)) + b"0\r\n\r\n"  # 1792 bytes
+    head = (
+        b"POST /plivo/status/ph_x HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n"
+        b"content-type: application/x-www-form-urlencoded\r\n\r\n"
+    )
+    assert send_raw(small_bodies.port, head + chunks).status == 401  # read whole, refused as unsigned
+
+
+@pytest.mark.parametrize("value", [b"12abc", b"-1", b"1e3", b" ", b"99999999999999999999", b"0x10"])
+def test_invalid_content_length_is_400(small_bodies: RunningGateway, value: bytes) -> None:
+    answer = send_raw(small_bodies.port, _form_head(value, b"connection: close"))
+    assert answer.status == 400, answer.raw[:100]
+
+
+def test_gateway_serve_runs_with_these_limits(redis_url: str, tmp_path: Path) -> None:
+    """The production entry point (`gateway serve`) uses the edge protocol and the body limit."""
+    with spawn_gateway(redis_url, tmp_path, GATEWAY_MAX_BODY_BYTES=str(BODY_LIMIT)) as gateway:
+        assert send_raw(gateway.port, BIG_HEAD).status == 431
+        assert send_raw(gateway.port, _form_head(str(BODY_LIMIT + 1).encode())).status == 413
+        answer = send_raw(gateway.port, b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        assert answer.status == 200
+        assert b"server: uvicorn" not in answer.raw.lower()  # server_header=False
