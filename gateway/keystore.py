@@ -163,14 +163,16 @@ class KeyStore:
         number = record["config"].get("number")
         old_number = (previous or {}).get("config", {}).get("number")
         if number is not None:
-            owner = await self._redis.get(self._names.number(number))
-            if owner is not None and _text(owner) != phone_id:
-                raise Conflict(f"config.number is already registered to phone {_text(owner)!r}")
+            # Claim the number atomically (SET NX): two concurrent PUTs cannot both own it.
+            key = self._names.number(number)
+            if not await self._redis.set(key, phone_id, nx=True):
+                owner = await self._redis.get(key)
+                if owner is not None and _text(owner) != phone_id:
+                    raise Conflict(f"config.number is already registered to phone {_text(owner)!r}")
+                await self._redis.set(key, phone_id)  # the owner vanished meanwhile, or it is ours
         pipe = self._redis.pipeline(transaction=False)
         pipe.set(self._names.phone(phone_id), orjson.dumps(record))
         pipe.sadd(self._names.phone_index, phone_id)
-        if number is not None:
-            pipe.set(self._names.number(number), phone_id)
         await pipe.execute()
         if old_number and old_number != number:
             await self._delete_number_if_owned(old_number, phone_id)

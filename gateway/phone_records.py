@@ -24,7 +24,9 @@ from gateway.sealing import Sealer
 from gateway.secrets import fingerprint
 
 PHONE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
-E164_RE = re.compile(r"^\+[1-9][0-9]{5,15}$")
+E164_RE = re.compile(r"^\+[1-9][0-9]{1,14}$")  # ITU-T E.164: at most 15 digits
+# Exotel's ?token= is compared after URL decoding: characters that need escaping could never match.
+URL_TOKEN_RE = re.compile(r"^[A-Za-z0-9._~-]{16,256}$")
 MAX_PREVIOUS_KEYS = 2  # current + 2 previous per kind: enough for overlapping rotations
 
 
@@ -147,8 +149,8 @@ def build_record(
     if template is not None and (not isinstance(template, str) or len(template) > TEMPLATE_MAX_CHARS):
         raise InvalidRecord(f"config.answer_template must be a string of at most {TEMPLATE_MAX_CHARS} characters")
     for name in SECRET_CONFIG:
-        if name in config and (not isinstance(config[name], str) or len(config[name]) < 16):
-            raise InvalidRecord(f"config.{name} must be a string of at least 16 characters")
+        if name in config and (not isinstance(config[name], str) or not URL_TOKEN_RE.match(config[name])):
+            raise InvalidRecord(f"config.{name} must be 16-256 characters of A-Z a-z 0-9 . _ ~ -")
     if "exotel_webhook_token" in config and provider is not Provider.EXOTEL:
         raise InvalidRecord("config.exotel_webhook_token only applies to exotel phones")
 

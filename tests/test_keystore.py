@@ -182,3 +182,44 @@ async def test_invalid_bodies(redis_client: Redis, body: object, message: str) -
 async def test_invalid_phone_id(redis_client: Redis) -> None:
     with pytest.raises(InvalidRecord, match="phone_id"):
         await make_store(redis_client).put("../etc", plivo_body())
+
+
+async def test_concurrent_puts_cannot_both_claim_a_number(redis_url: str) -> None:
+    clients = [Redis.from_url(redis_url) for _ in range(8)]
+    try:
+        public = base64.b64encode(bytes(SigningKey.generate().verify_key)).decode()
+
+        async def claim(index: int, client: Redis) -> str:
+            body = {"provider": "telnyx", "credentials": {"public_key": public}, "config": {"number": "+14155550199"}}
+            try:
+                await make_store(client).put(f"ph_{index}", body)
+            except Conflict:
+                return "conflict"
+            return f"ph_{index}"
+
+        results = await asyncio.gather(*(claim(i, c) for i, c in enumerate(clients)))
+        winners = [r for r in results if r != "conflict"]
+        assert len(winners) == 1
+        assert await make_store(clients[0], ttl=0).phone_for_number("+14155550199") == winners[0]
+    finally:
+        for client in clients:
+            await client.aclose()
+
+
+@pytest.mark.parametrize("token", ["has space in it 12345", "plus+sign+in+token+x", "percent%20token%20xx", "a" * 15])
+async def test_exotel_token_must_survive_url_decoding(redis_client: Redis, token: str) -> None:
+    body = {
+        "provider": "exotel",
+        "credentials": {"api_key": "k", "api_token": "t"},
+        "config": {"exotel_webhook_token": token},
+    }
+    with pytest.raises(InvalidRecord, match="exotel_webhook_token") as excinfo:
+        await make_store(redis_client).put("ph_1", body)
+    assert token not in str(excinfo.value)
+
+
+async def test_sixteen_digit_number_is_not_e164(redis_client: Redis) -> None:
+    public = base64.b64encode(bytes(SigningKey.generate().verify_key)).decode()
+    body = {"provider": "telnyx", "credentials": {"public_key": public}, "config": {"number": "+1234567890123456"}}
+    with pytest.raises(InvalidRecord, match="E.164"):
+        await make_store(redis_client).put("ph_1", body)

@@ -9,6 +9,7 @@ EXOTEL_ALLOWED_IPS) and everything fails closed: an empty allowlist rejects ever
 from __future__ import annotations
 
 import datetime
+import hashlib
 import hmac
 import ipaddress
 import os
@@ -137,10 +138,20 @@ class ExotelVerifier:
 
 
 def idempotency_key(inbound: InboundRequest, kind: str) -> str | None:
-    """`kind:CallSid:Status` (Status, or CallStatus; percent-quoted), or None without a CallSid."""
+    """`kind:CallSid:Status` (Status, or CallStatus; percent-quoted), or None without a CallSid.
+
+    Passthru applets send no status, and one call may pass several of them: there the
+    key is the CallSid plus a digest of every parameter (the token excluded), so a
+    carrier retry of the same request is a duplicate but the next applet is not.
+    """
     params = inbound.params()
     call_sid = params.get("CallSid")
     if not call_sid:
         return None
-    status = params.get("Status") or params.get("CallStatus") or ""
+    status = params.get("Status") or params.get("CallStatus")
+    if not status:
+        canonical = "&".join(
+            f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in sorted(params.items()) if k != "token"
+        )
+        status = "passthru-" + hashlib.blake2b(canonical.encode(), digest_size=12).hexdigest()
     return ":".join(quote(part, safe="") for part in (kind, call_sid, status))
