@@ -34,6 +34,7 @@ from gateway.redis_client import connect
 from gateway.redis_keys import KeyNames
 from gateway.sealing import Sealer
 from gateway.settings import Settings, kek_bytes
+from gateway.stream_monitor import StreamMonitor
 from gateway.webhooks import WebhookHandler, match_route
 
 log = logging.getLogger("gateway")
@@ -130,13 +131,16 @@ class GatewayApp:
         self._admin = AdminAPI(keystore, settings.admin_token)
         with contextlib.suppress(Exception):  # Redis may be down at start: /readyz says so
             await redis.script_load(FORWARD_SCRIPT)
+        monitor = StreamMonitor(redis, settings.stream, self._names.readiness, timeout_s=settings.redis_timeout_s)
         keystore.start_invalidation()
         forwarder.start()
+        monitor.start()
         try:
             yield
         finally:
             # Requests still in flight were drained by uvicorn before lifespan shutdown;
             # flush anything queued so no accepted request is left unanswered.
+            await monitor.stop()
             await forwarder.stop()
             await keystore.stop_invalidation()
             await redis.aclose()

@@ -69,28 +69,28 @@ MISMATCH = Counter(
     namespace="gateway",
 )
 REDIS_UP = Gauge(
-    "redis_up", "1 when the last Redis health check succeeded.", namespace="gateway", multiprocess_mode="min"
+    "redis_up", "1 when the last Redis health check succeeded.", namespace="gateway", multiprocess_mode="livemin"
 )
 PUBSUB_CONNECTED = Gauge(
     "keystore_invalidation_connected",
     "1 while this process is subscribed to key change notifications.",
     namespace="gateway",
-    multiprocess_mode="min",
+    multiprocess_mode="livemin",
 )
 STREAM_LENGTH = Gauge(
-    "stream_length", "Entries in the dispatch stream (sampled).", namespace="gateway", multiprocess_mode="max"
+    "stream_length", "Entries in the dispatch stream (sampled).", namespace="gateway", multiprocess_mode="livemax"
 )
 STREAM_LAG = Gauge(
     "stream_consumer_lag",
     "Entries not yet delivered to the slowest consumer group (sampled; needs Redis >= 7).",
     namespace="gateway",
-    multiprocess_mode="max",
+    multiprocess_mode="livemax",
 )
 STREAM_PENDING = Gauge(
     "stream_pending",
     "Entries delivered to a consumer group but not yet acknowledged (sampled).",
     namespace="gateway",
-    multiprocess_mode="max",
+    multiprocess_mode="livemax",
 )
 
 
