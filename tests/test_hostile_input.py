@@ -115,7 +115,11 @@ header_value = st.one_of(
     st.integers().map(str),
     st.sampled_from(["", " ", ",", ",,,", "=" * 44, "A" * 44, "HMAC_SHA256", "key=1,algorithm=HMAC_SHA256"]),
 )
-header_name = st.one_of(st.sampled_from(SIGNATURE_HEADERS + ("content-type", "host", "x-forwarded-for")), latin1)
+header_name = st.one_of(
+    st.sampled_from(SIGNATURE_HEADERS + ("content-type", "host", "x-forwarded-for", "x-forwarded-host")), latin1
+)
+# Hosts a URL parser chokes on ("Invalid IPv6 URL", bad ports): found by the atheris target.
+ODD_HOSTS = ("[", "a]", "[::1", "[::1]:8443", f"{HOST}:443", f"{HOST}:x", f"{HOST}:99999", "", "@", "h/x")
 headers_list = st.lists(st.tuples(header_name, header_value), max_size=12)
 
 
@@ -178,7 +182,7 @@ def hostile_requests(draw: st.DrawFn) -> InboundRequest:
     return InboundRequest(
         method=draw(st.sampled_from(["POST", "GET", "PUT", "HEAD", "post", "\x00"])),
         scheme=draw(st.sampled_from(["https", "http", "HTTPS", "", "ftp"])),
-        netloc=draw(st.one_of(st.just(HOST), st.just(f"{HOST}:443"), st.just(f"{HOST}:x"), latin1)),
+        netloc=draw(st.one_of(st.just(HOST), st.sampled_from(ODD_HOSTS), latin1)),
         raw_path=draw(st.one_of(st.just("/plivo/status/ph_1"), wire_text.map(lambda t: "/" + t))),
         query_string=draw(wire_text),
         headers=headers,
@@ -595,7 +599,8 @@ def wire_requests(draw: st.DrawFn, phone_ids: list[str]) -> bytes:
     query = draw(wire_text).encode("latin-1")
     query = bytes(b for b in query if b > 0x20 and b not in b"#\x7f")  # what can stand in a request line
     target_bytes = path + (b"?" + query if query else b"")
-    head = [method + b" " + target_bytes + b" HTTP/1.1", b"host: " + HOST.encode()]
+    host = draw(st.one_of(st.just(HOST), st.sampled_from(ODD_HOSTS))).encode()
+    head = [method + b" " + target_bytes + b" HTTP/1.1", b"host: " + host]
     for name, value in draw(headers_list):
         raw_name = name.encode("latin-1")
         raw_value = value.encode("latin-1").replace(b"\r", b"").replace(b"\n", b"")
@@ -711,6 +716,54 @@ def test_duplicated_and_huge_headers(target: Target) -> None:
     huge = [b"x-huge: " + b"h" * (1024 * 1024)]
     answer = send_raw(target.gw.port, _valid_head(path, huge, b"a=1", b"application/x-www-form-urlencoded"))
     assert_refused(answer, target, before)
+
+
+@pytest.mark.parametrize("name", ["plivo", "vobiz", "twilio"])
+@pytest.mark.parametrize("netloc", ODD_HOSTS)
+def test_unparsable_public_url_is_rejected_not_raised(name: str, netloc: str) -> None:
+    """Regression (atheris): `Host: [` made urlparse raise ValueError inside Plivo's and
+    Twilio's verifiers: a 500 for any phone id, the unknown ones included (decoy path)."""
+    carrier = CARRIERS[name]
+    request = InboundRequest(
+        "POST",
+        "https",
+        netloc,
+        "/plivo/status/ph_1",
+        "a=1",
+        {
+            "x-plivo-signature-v3": "A" * 44,
+            "x-plivo-signature-v3-nonce": "1",
+            "x-twilio-signature": "A" * 28,
+            "content-type": "application/x-www-form-urlencoded",
+        },
+        b"CallSid=1",
+        "198.51.100.20",
+    )
+    with pytest.raises(Rejected):
+        carrier.verifier.verify(request, carrier.creds, NOW)
+
+
+@pytest.mark.parametrize("host", [b"[", b"a]", b"[::1", b"x:y"])
+def test_unparsable_host_header_is_4xx_for_known_and_unknown_phones(target: Target, host: bytes) -> None:
+    before = target.redis.xlen(STREAM)
+    signatures = [
+        b"x-plivo-signature-v3: " + b"A" * 44,
+        b"x-plivo-signature-v3-nonce: 1",
+        b"x-twilio-signature: " + b"A" * 28,
+    ]
+    for name in ("plivo", "vobiz", "twilio", "exotel", "telnyx"):
+        family = "plivo" if name == "vobiz" else name
+        prefix = "/webhooks/telnyx/voice/" if name == "telnyx" else f"/{family}/status/"
+        for phone in (target.phone_ids[name], "ph_nobody"):
+            head = [b"POST " + (prefix + phone).encode() + b" HTTP/1.1", b"host: " + host, *signatures]
+            head += [b"content-type: application/x-www-form-urlencoded", b"content-length: 3", b"connection: close"]
+            answer = send_raw(target.gw.port, b"\r\n".join(head) + b"\r\n\r\na=1")
+            assert_refused(answer, target, before)
+            # and the same through the trusted proxy's X-Forwarded-Host
+            forwarded = [*head[:-3], b"x-forwarded-host: " + host, *head[-3:]]
+            forwarded[1] = b"host: " + HOST.encode()
+            answer = send_raw(target.gw.port, b"\r\n".join(forwarded) + b"\r\n\r\na=1")
+            assert_refused(answer, target, before)
 
 
 def test_exotel_token_guessing_never_passes(target: Target) -> None:

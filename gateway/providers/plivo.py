@@ -65,7 +65,10 @@ def _sdk_base_url(url_without_query: str) -> str:
     # The SDK rebuilds scheme://netloc/path from urlparse(): the scheme is lower-cased and
     # ";params" of the last path segment (and any "#fragment") are dropped. The path is
     # kept as given, never percent-decoded.
-    parsed = urlparse(url_without_query)
+    try:
+        parsed = urlparse(url_without_query)
+    except ValueError:  # e.g. "Host: [" ("Invalid IPv6 URL"): the SDK raises too
+        raise Rejected(Reason.MALFORMED_REQUEST, "URL cannot be parsed") from None
     return urlunparse((parsed.scheme, parsed.netloc, parsed.path, "", "", ""))
 
 

@@ -85,10 +85,11 @@ def url_variants(url: str) -> tuple[str, str] | None:
 
     Quirks kept: any explicit port is dropped in the first variant (not only 443/80), the
     default added is 443 for https and 80 for anything else, and both variants go
-    through urlparse().geturl(). None when the port is not a number (the SDK raises).
+    through urlparse().geturl(). None when the URL cannot be parsed (an unbalanced "[" in
+    the host) or the port is not a number (the SDK raises for both).
     """
-    parsed = urlparse(url)
     try:
+        parsed = urlparse(url)
         port = parsed.port
     except ValueError:
         return None
