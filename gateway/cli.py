@@ -302,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_genkey.set_defaults(func=genkey)
     from gateway import explain_cli, sign_cli  # their own modules; imported here, they import this one
 
-    explain_cli.add_parser(sub), sign_cli.add_parser(sub)
+    explain_cli.add_parser(sub)
+    sign_cli.add_parser(sub)
     return parser
 
 

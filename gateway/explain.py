@@ -161,8 +161,8 @@ def _forwarded_param(value: str | None, name: str) -> str:
     return ""
 
 
-def _split_netloc(netloc: str) -> tuple[str, str]:
-    """(host lower-cased, port or "")."""
+def split_netloc(netloc: str) -> tuple[str, str]:
+    """(host lower-cased, port or ""); IPv6 literals keep their brackets."""
     if netloc.startswith("["):
         host, _, rest = netloc.partition("]")
         return host.lower() + "]", rest[1:] if rest.startswith(":") else ""
@@ -172,7 +172,7 @@ def _split_netloc(netloc: str) -> tuple[str, str]:
 
 def _toggle_port(netloc: str, scheme: str) -> str | None:
     """The netloc with an explicit default port removed, or with the scheme's default added."""
-    host, port = _split_netloc(netloc)
+    host, port = split_netloc(netloc)
     if port:
         return netloc.rsplit(":", 1)[0] if port in _DEFAULT_PORTS.values() else None
     default = _DEFAULT_PORTS.get(scheme)
@@ -180,7 +180,7 @@ def _toggle_port(netloc: str, scheme: str) -> str | None:
 
 
 def _netloc_edits(
-    inbound: InboundRequest, provider: Provider, scheme: str, public_base: PublicBase | None
+    inbound: InboundRequest, provider: Provider, scheme: str, public_base: PublicBase | None, base_source: str
 ) -> list[_Edit]:
     current = inbound.netloc
     candidates: list[tuple[str, str]] = []
@@ -188,7 +188,7 @@ def _netloc_edits(
         (inbound.headers.get("host", "").strip(), "Host header"),
         (_first(inbound.headers.get("x-forwarded-host")), "X-Forwarded-Host"),
         (_forwarded_param(inbound.headers.get("forwarded"), "host"), "Forwarded"),
-        (public_base.netloc if public_base else "", "GATEWAY_PUBLIC_BASE_URL"),
+        (public_base.netloc if public_base else "", base_source),
     ):
         if value and len(value) <= 255 and _NETLOC_RE.match(value):
             candidates.append((value, source))
@@ -199,16 +199,16 @@ def _netloc_edits(
         candidates += [(own, "default port toggled")] if own else []
         candidates += [(netloc, source) for netloc, source in toggled if netloc]
     edits: list[_Edit] = []
-    current_host, _ = _split_netloc(current)
+    current_host, _ = split_netloc(current)
     for netloc, source in candidates:
         if netloc == current:
             continue
-        label = PORT if _split_netloc(netloc)[0] == current_host else HOST
+        label = PORT if split_netloc(netloc)[0] == current_host else HOST
         edits.append(_edit(label, f"host={_shown(netloc)} ({source})", netloc=netloc))
     return edits
 
 
-def _path_edits(inbound: InboundRequest, public_base: PublicBase | None) -> list[_Edit]:
+def _path_edits(inbound: InboundRequest, public_base: PublicBase | None, base_source: str) -> list[_Edit]:
     path = inbound.raw_path
     edits: list[_Edit] = []
     prefix = _first(inbound.headers.get("x-forwarded-prefix")).rstrip("/")
@@ -226,7 +226,7 @@ def _path_edits(inbound: InboundRequest, public_base: PublicBase | None) -> list
         edits.append(
             _edit(
                 PATH_PREFIX,
-                f"path without the prefix {_shown(public_base.path_prefix)} of GATEWAY_PUBLIC_BASE_URL",
+                f"path without the prefix {_shown(public_base.path_prefix)} of {base_source}",
                 raw_path=path[len(public_base.path_prefix) :],
             )
         )
@@ -296,7 +296,12 @@ def _identity(request: InboundRequest) -> tuple[str, str, str, str, str]:
     return (request.scheme, request.netloc, request.raw_path, request.query_string, request.content_type)
 
 
-def variants(inbound: InboundRequest, provider: Provider, public_base: PublicBase | None = None) -> Iterator[Variant]:
+def variants(
+    inbound: InboundRequest,
+    provider: Provider,
+    public_base: PublicBase | None = None,
+    base_source: str = "GATEWAY_PUBLIC_BASE_URL",
+) -> Iterator[Variant]:
     """Altered copies of `inbound`, most likely explanation first: single changes, then
     the scheme combined with a host/port or path change, then host with path.
 
@@ -306,15 +311,15 @@ def variants(inbound: InboundRequest, provider: Provider, public_base: PublicBas
         return
     flipped = "http" if inbound.scheme == "https" else "https"
     scheme = _edit(SCHEME, f"scheme={flipped}", scheme=flipped)
-    netlocs = _netloc_edits(inbound, provider, inbound.scheme, public_base)
-    paths = _path_edits(inbound, public_base)
+    netlocs = _netloc_edits(inbound, provider, inbound.scheme, public_base, base_source)
+    paths = _path_edits(inbound, public_base, base_source)
     groups: Iterator[tuple[_Edit, ...]] = itertools.chain(
         [(scheme,)],
         ((edit,) for edit in netlocs),
         ((edit,) for edit in paths),
         ((edit,) for edit in _body_edits(inbound, provider)),
         ((edit,) for edit in _query_edits(inbound, provider)),
-        ((scheme, edit) for edit in _netloc_edits(inbound, provider, flipped, public_base)),
+        ((scheme, edit) for edit in _netloc_edits(inbound, provider, flipped, public_base, base_source)),
         ((scheme, edit) for edit in paths),
         ((netloc, path) for netloc in netlocs for path in paths),
     )
@@ -338,10 +343,11 @@ def attempts(
     now: float,
     *,
     public_base: PublicBase | None = None,
+    base_source: str = "GATEWAY_PUBLIC_BASE_URL",
     limit: int = MAX_VARIANTS,
 ) -> Iterator[tuple[Variant, Verified | None]]:
     """Each variant (at most `limit`) with what the verifier made of it. Never records anything."""
-    for variant in itertools.islice(variants(inbound, creds.provider, public_base), limit):
+    for variant in itertools.islice(variants(inbound, creds.provider, public_base, base_source), limit):
         try:
             verified: Verified | None = verifier.verify(variant.request, creds, now)
         except Rejected:

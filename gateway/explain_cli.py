@@ -1,4 +1,4 @@
-"""`gateway explain PHONE_ID [FILE]`: why does a captured request fail (or pass) verification?
+"""`gateway explain PHONE_ID FILE|-`: why does a captured request fail (or pass) verification?
 
 Input: a raw HTTP/1.x request (parsed with h11) or a curl command line (split with shlex),
 from FILE or stdin. The phone's credentials come from Redis through the KeyStore, like
@@ -543,7 +543,7 @@ def report(
     if ok:
         return lines, status
 
-    matches = False
+    hint, hint_source = public_base, "GATEWAY_PUBLIC_BASE_URL"
     if public_url is not None:
         configured = configured_request(received, public_url)
         matches, why = _verdict(verifier, configured, creds, now)
@@ -553,11 +553,13 @@ def report(
         if matches:
             for what, text in strings_to_sign(configured, provider):
                 lines += [f"the carrier signed, {what}:", f"  {_shown(text)}"]
+            return lines, status
+        hint, hint_source = PublicBase(configured.scheme, configured.netloc, ""), "--public-url"
 
     tried: list[tuple[explain.Variant, bool]] = []
     found: explain.Variant | None = None
     for variant, verified in explain.attempts(
-        received, creds, verifier, now, public_base=public_base, limit=CLI_MAX_VARIANTS
+        received, creds, verifier, now, public_base=hint, base_source=hint_source, limit=CLI_MAX_VARIANTS
     ):
         tried.append((variant, verified is not None))
         if verified is not None:
@@ -570,10 +572,11 @@ def report(
         lines.append(f"diagnosis: {explain.Diagnosis(provider, found, None, len(tried)).message()}")
         for what, text in strings_to_sign(found.request, provider):
             lines += [f"the carrier signed, {what}:", f"  {_shown(text)}"]
-    elif public_url is None or not matches:
+    else:
         lines.append(
             "diagnosis: no variant matches: the auth token differs (rotated? sub-account?), the body was changed "
-            "on the way, or the request is forged. Try --public-url with the callback URL configured at the carrier."
+            "on the way, or the request is forged."
+            + ("" if public_url else " Try --public-url with the callback URL configured at the carrier.")
         )
     return lines, status
 
@@ -653,7 +656,7 @@ def add_parser(sub: Any) -> None:
         ),
     )
     p.add_argument("phone_id")
-    p.add_argument("file", nargs="?", default="-", help="the captured request (default: stdin)")
+    p.add_argument("file", help="the captured request: a file, or - for stdin")
     p.add_argument("--public-url", help="the callback URL configured at the carrier, e.g. https://hooks.example.com")
     p.add_argument(
         "--input-format",
