@@ -126,6 +126,7 @@ class GatewayApp:
             max_body_bytes=settings.max_body_bytes,
             clock=self._clock,
             explain=MismatchExplainer(settings.public_base) if settings.explain_mismatches else None,
+            access_log_mode=settings.access_log,
         )
         self.components = Components(redis, keystore, forwarder, webhooks)
         self._admin = AdminAPI(keystore, settings.admin_token)

@@ -96,6 +96,7 @@ class Settings:
     port: int = 8080
     workers: int = 1
     log_level: str = "info"
+    access_log: str = "failed"  # GATEWAY_ACCESS_LOG: all | failed (answers other than 2xx) | off
     timeout_keep_alive_s: int = 5
     limit_concurrency: int = 2048
     backlog: int = 2048
@@ -258,6 +259,7 @@ KNOWN_NAMES = frozenset(
         "GATEWAY_PORT",
         "GATEWAY_WORKERS",
         "GATEWAY_LOG_LEVEL",
+        "GATEWAY_ACCESS_LOG",
         "GATEWAY_TIMEOUT_KEEP_ALIVE_S",
         "GATEWAY_LIMIT_CONCURRENCY",
         "GATEWAY_BACKLOG",
@@ -472,6 +474,10 @@ def from_env(environ: Mapping[str, str] | None = None, toml_path: Path | None = 
         if raw.lower() not in {"critical", "error", "warning", "info", "debug"}:
             raise SettingsError(f"GATEWAY_LOG_LEVEL has value {raw!r}: use critical, error, warning, info or debug")
         kwargs["log_level"] = raw.lower()
+    if (raw := get("GATEWAY_ACCESS_LOG")) is not None:
+        if raw.lower() not in {"all", "failed", "off"}:
+            raise SettingsError(f"GATEWAY_ACCESS_LOG has value {raw!r}: use all, failed or off")
+        kwargs["access_log"] = raw.lower()
 
     int_settings: list[tuple[str, str, int, int | None]] = [
         ("GATEWAY_ADMIN_PORT", "admin_port", 1, 65535),

@@ -58,6 +58,7 @@ def make_settings(redis_url: str, **env: str) -> Settings:
         "EXOTEL_ALLOWED_IPS": "203.0.113.0/24,2001:db8::/32",
         "GATEWAY_REDIS_TIMEOUT_S": "0.5",
         "GATEWAY_REDIS_CONNECT_TIMEOUT_S": "0.3",
+        "GATEWAY_ACCESS_LOG": "all",  # every request's line goes through the no-secret-in-logs checks
     }
     base.update(env)
     return from_env(base, toml_path=None)
@@ -206,6 +207,7 @@ def spawn_gateway(
         "EXOTEL_ALLOWED_IPS": "203.0.113.0/24,2001:db8::/32",
         "GATEWAY_PORT": str(port),
         "GATEWAY_LOG_LEVEL": "info",
+        "GATEWAY_ACCESS_LOG": "all",
         **({"GATEWAY_ADMIN_PORT": str(admin)} if admin else {}),
         **env,
     }

@@ -34,6 +34,7 @@ def test_defaults() -> None:
         ("GATEWAY_REDIS_CLUSTER", "maybe"),
         ("GATEWAY_CACHE_TTL_S", "nan"),
         ("GATEWAY_LOG_LEVEL", "loud"),
+        ("GATEWAY_ACCESS_LOG", "sometimes"),
     ],
 )
 def test_invalid_value_names_the_variable(name: str, value: str) -> None:
