@@ -6,12 +6,19 @@ and neither protocol has a deadline for the head: a connection that sends nothin
 one header byte now and then (slowloris), is held forever and counts against
 `limit_concurrency` until new requests are all answered 503.
 
+The same holds for a body: once the head is in, uvicorn waits for the rest of the
+body as long as the client likes (the request even outlives a graceful shutdown until
+`timeout_graceful_shutdown` cancels it).
+
 This subclass keeps everything else of uvicorn's protocol and adds:
   - a cap on the bytes of an incomplete request head (the same number uvicorn uses for
     h11, `h11_max_incomplete_event_size`): over it, 431 and the connection is closed;
   - a deadline from the connection's first moment (and from the first byte of each
     later request) to the end of the request head: past it, 408 and close (a
-    connection that never sent a byte is just closed).
+    connection that never sent a byte is just closed);
+  - a deadline for the rest of the body once the head is in (armed only when the body
+    did not arrive with the head, so the usual one-packet callback costs no timer):
+    past it, 408 (unless a response has started) and close; the app sees a disconnect.
 Idle keep-alive time between requests stays uvicorn's `timeout_keep_alive`.
 """
 
@@ -24,6 +31,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 DEFAULT_HEAD_LIMIT_BYTES = 16 * 1024
 HEAD_TIMEOUT_S = 10.0
+BODY_TIMEOUT_S = 10.0  # GATEWAY_MAX_BODY_BYTES (64 KiB) in 10 s is >= 6.4 KB/s: any carrier does far better
 
 _431 = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 _408 = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
@@ -35,6 +43,7 @@ class _HeadTooLarge(Exception):
 
 class EdgeHttpToolsProtocol(HttpToolsProtocol):
     head_timeout_s: float = HEAD_TIMEOUT_S
+    body_timeout_s: float = BODY_TIMEOUT_S
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -44,6 +53,8 @@ class EdgeHttpToolsProtocol(HttpToolsProtocol):
         self._head_too_large = False
         self._awaiting_head = True
         self._head_timer: asyncio.TimerHandle | None = None
+        self._awaiting_body = False
+        self._body_timer: asyncio.TimerHandle | None = None
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -53,17 +64,23 @@ class EdgeHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()
+        self._disarm_body_timer()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if not self._awaiting_head:
             super().data_received(data)
+            if self._awaiting_body and self._body_timer is None:
+                self._body_timer = self.loop.call_later(self.body_timeout_s, self._body_timed_out)
             return
         self._head_bytes += len(data)
         super().data_received(data)
         # Still inside a request head after this chunk (headers_complete resets the count).
-        if self._awaiting_head and self._head_bytes > self._head_limit and not self.transport.is_closing():
-            self._refuse(_431)
+        if self._awaiting_head:
+            if self._head_bytes > self._head_limit and not self.transport.is_closing():
+                self._refuse(_431)
+        elif self._awaiting_body and self._body_timer is None:  # the head came, not all the body
+            self._body_timer = self.loop.call_later(self.body_timeout_s, self._body_timed_out)
 
     # -- parser callbacks -----------------------------------------------------------------------
 
@@ -83,6 +100,7 @@ class EdgeHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._awaiting_head = False
+        self._awaiting_body = True
         self._head_bytes = 0
         self._disarm_head_timer()
         if self._head_size > self._head_limit:  # the whole head came in one read
@@ -99,6 +117,8 @@ class EdgeHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._awaiting_head = True
+        self._awaiting_body = False
+        self._disarm_body_timer()
 
     # -- limits ---------------------------------------------------------------------------------
 
@@ -121,6 +141,19 @@ class EdgeHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(_408)
         else:
             self.transport.close()
+
+    def _disarm_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        if self.transport.is_closing() or not self._awaiting_body:
+            return
+        if self.cycle is not None and not self.cycle.response_started:
+            self.transport.write(_408)
+        self.transport.close()  # the app's receive() now reports a disconnect
 
     def _refuse(self, answer: bytes) -> None:
         self._disarm_head_timer()
