@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import secrets
 import shlex
 import sys
@@ -39,6 +40,7 @@ from gateway.settings import SettingsError, parse_key32
 FORM = "application/x-www-form-urlencoded"
 JSON = "application/json"
 PROVIDERS = tuple(p.value for p in Provider)
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 
 class SignError(ValueError):
@@ -290,6 +292,8 @@ def as_http(request: SignedRequest) -> bytes:
 
 
 def _env_secret(variable: str, what: str) -> str:
+    if not _ENV_NAME.match(variable):  # e.g. the token itself given by mistake: do not echo it
+        raise SignError(f"expected the NAME of an environment variable holding {what}, not the value itself")
     value = os.environ.get(variable)
     if not value:
         raise SignError(f"environment variable {variable} ({what}) is not set")
@@ -416,6 +420,7 @@ def run(args: argparse.Namespace) -> int:
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "sign",
+        allow_abbrev=False,  # "--token X" must not silently mean "--token-env X"
         help="print a correctly signed carrier callback (curl command or raw HTTP)",
         description=(
             "Sign a callback as the carrier would, for integration tests. Secrets come from an environment "
