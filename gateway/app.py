@@ -19,8 +19,10 @@ from starlette.routing import Route as StarletteRoute
 
 from gateway import metrics
 from gateway.admin import AdminAPI
-from gateway.answers import AnswerTemplates
+from gateway.answers import Answerer
 from gateway.asgi_io import Receive, Scope, Send
+from gateway.calls import CallAware
+from gateway.dispatch import DispatchClient
 from gateway.explain import MismatchExplainer
 from gateway.forwarder import FORWARD_SCRIPT, Forwarder
 from gateway.keystore import KeyStore
@@ -117,11 +119,33 @@ class GatewayApp:
             Provider.TELNYX: TelnyxVerifier(tolerance_s=settings.telnyx_tolerance_s),
             Provider.EXOTEL: ExotelVerifier(self._allowlist),
         }
+        dispatch = (  # answer mode proxy: one pooled client per process (docs/answers-and-forwards.md)
+            DispatchClient(
+                settings.dispatch_url,
+                settings.forward_signing_key_bytes(),
+                timeout_s=settings.dispatch_timeout_s,
+                max_connections=settings.dispatch_max_connections,
+                clock=self._clock,
+            )
+            if settings.dispatch_url
+            else None
+        )
+        answers = Answerer(settings, dispatch=dispatch)
+        for warning in answers.warnings:
+            log.warning("%s", warning)
+        calls = CallAware(
+            self._names,
+            enabled=settings.call_aware,
+            window_s=settings.call_aware_window_s,
+            late_s=settings.call_aware_late_s,
+            ttl_s=settings.call_aware_ttl_s,
+        )
         webhooks = WebhookHandler(
             keystore=keystore,
             forwarder=forwarder,
             verifiers=verifiers,
-            answers=AnswerTemplates(settings.plivo_answer_template, settings.twilio_answer_template),
+            answers=answers,
+            calls=calls,
             origin=OriginResolver(settings.trusted_proxies, settings.public_base),
             max_body_bytes=settings.max_body_bytes,
             clock=self._clock,
@@ -143,6 +167,8 @@ class GatewayApp:
             # flush anything queued so no accepted request is left unanswered.
             await monitor.stop()
             await forwarder.stop()
+            if dispatch is not None:
+                await dispatch.aclose()
             await keystore.stop_invalidation()
             await redis.aclose()
             self.components = None

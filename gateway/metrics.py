@@ -26,7 +26,9 @@ from gateway.errors import NotReplicated, Reason
 
 PROVIDERS = ("plivo", "vobiz", "exotel", "telnyx", "twilio")
 KINDS = ("incoming", "status", "voice")
-OUTCOMES = ("accepted", "duplicate", "rejected", "unavailable", "too_large", "bad_request")
+OUTCOMES = ("accepted", "duplicate", "held", "rejected", "unavailable", "too_large", "bad_request")
+ANSWER_RESULTS = ("template", "proxied", "timeout", "error", "bad_status", "too_large", "not_configured")
+CALL_EVENT_RESULTS = ("held", "released")
 MISMATCHES = ("scheme", "port", "host", "query_order", "query_encoding", "form_vs_raw", "trailing_slash", "path_prefix")
 
 REQUESTS = Counter(
@@ -68,6 +70,24 @@ MISMATCH = Counter(
     ["provider", "mismatch"],
     namespace="gateway",
 )
+ANSWERS = Counter(
+    "answers",
+    "Answers to `incoming` routes: from a template, proxied from dispatch, or the fallback and why.",
+    ["provider", "result"],
+    namespace="gateway",
+)
+DISPATCH_LATENCY = Histogram(
+    "dispatch_answer_duration_seconds",
+    "Time dispatch took to answer a proxied `incoming` event (capped by GATEWAY_DISPATCH_TIMEOUT_S).",
+    namespace="gateway",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0),
+)
+CALL_EVENTS = Counter(
+    "call_aware_events",
+    "Call-aware: events held until their call's answer arrived, and held events released into the stream.",
+    ["provider", "result"],
+    namespace="gateway",
+)
 REDIS_UP = Gauge(
     "redis_up", "1 when the last Redis health check succeeded.", namespace="gateway", multiprocess_mode="livemin"
 )
@@ -100,6 +120,16 @@ def request_counter(provider: str, kind: str, outcome: str) -> Any:
     return REQUESTS.labels(provider, kind, outcome)
 
 
+@functools.lru_cache(maxsize=128)
+def answer_counter(provider: str, result: str) -> Any:
+    return ANSWERS.labels(provider, result)
+
+
+@functools.lru_cache(maxsize=32)
+def call_event_counter(provider: str, result: str) -> Any:
+    return CALL_EVENTS.labels(provider, result)
+
+
 @functools.lru_cache(maxsize=64)
 def latency(provider: str, kind: str) -> Any:
     return LATENCY.labels(provider, kind)
@@ -118,6 +148,10 @@ def preinitialise() -> None:
         DUPLICATES.labels(provider)
         for mismatch in MISMATCHES:
             MISMATCH.labels(provider, mismatch)
+        for result in ANSWER_RESULTS:
+            ANSWERS.labels(provider, result)
+        for result in CALL_EVENT_RESULTS:
+            CALL_EVENTS.labels(provider, result)
     for result in ("hit", "miss", "negative_hit"):
         CACHE.labels(result)
 

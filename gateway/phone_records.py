@@ -145,9 +145,17 @@ def build_record(
     number = config.get("number")
     if number is not None and (not isinstance(number, str) or not E164_RE.match(number)):
         raise InvalidRecord("config.number must be an E.164 number such as +14155550100")
-    template = config.get("answer_template")
-    if template is not None and (not isinstance(template, str) or len(template) > TEMPLATE_MAX_CHARS):
-        raise InvalidRecord(f"config.answer_template must be a string of at most {TEMPLATE_MAX_CHARS} characters")
+    for name in ("answer_template", "fallback_template"):
+        template = config.get(name)
+        if template is not None and (not isinstance(template, str) or len(template) > TEMPLATE_MAX_CHARS):
+            raise InvalidRecord(f"config.{name} must be a string of at most {TEMPLATE_MAX_CHARS} characters")
+    # docs/answers-and-forwards.md: answer mode of the phone's `incoming` route, call-aware opt-in/out.
+    if "answer_mode" in config and config["answer_mode"] not in ("template", "proxy"):
+        raise InvalidRecord('config.answer_mode must be "template" or "proxy"')
+    if "answer_mode" in config and provider is Provider.TELNYX:
+        raise InvalidRecord("config.answer_mode does not apply to telnyx phones (Call Control ignores answer bodies)")
+    if "call_aware" in config and not isinstance(config["call_aware"], bool):
+        raise InvalidRecord("config.call_aware must be true or false")
     for name in SECRET_CONFIG:
         if name in config and (not isinstance(config[name], str) or not URL_TOKEN_RE.match(config[name])):
             raise InvalidRecord(f"config.{name} must be 16-256 characters of A-Z a-z 0-9 . _ ~ -")

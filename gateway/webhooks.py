@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from nacl.signing import VerifyKey
 
 from gateway import metrics
-from gateway.answers import AnswerTemplates
+from gateway.answers import Answerer
 from gateway.asgi_io import (
     BadContentLength,
     BodyTooLarge,
@@ -30,6 +30,7 @@ from gateway.asgi_io import (
     read_body,
     respond,
 )
+from gateway.calls import CallAware
 from gateway.errors import RETRY_AFTER_S, UNAVAILABLE_ANSWER, Reason, Rejected, Unavailable, answer_for
 from gateway.events import build_event
 from gateway.forwarder import Forwarder, Outcome
@@ -61,11 +62,6 @@ IDEMPOTENCY: dict[Provider, IdempotencyFn] = {
     Provider.TWILIO: twilio.idempotency_key,
     Provider.TELNYX: telnyx.idempotency_key,
     Provider.EXOTEL: exotel.idempotency_key,
-}
-CALL_ID_PARAM: dict[Provider, str] = {
-    Provider.PLIVO: "CallUUID",
-    Provider.VOBIZ: "CallUUID",
-    Provider.TWILIO: "CallSid",
 }
 ALLOWED_METHODS = frozenset({"GET", "POST"})
 _RETRY_AFTER = [(b"retry-after", str(RETRY_AFTER_S).encode())]
@@ -133,17 +129,19 @@ class WebhookHandler:
         keystore: KeyStore,
         forwarder: Forwarder,
         verifiers: dict[Provider, Verifier],
-        answers: AnswerTemplates,
+        answers: Answerer,
         origin: OriginResolver,
         max_body_bytes: int,
         clock: Callable[[], float] = time.time,
         explain: Callable[[InboundRequest, PhoneCredentials, Verifier, float], object] | None = None,
+        calls: CallAware | None = None,
         access_log_mode: str = "failed",
     ) -> None:
         self._keystore = keystore
         self._forwarder = forwarder
         self._verifiers = verifiers
         self._answers = answers
+        self._calls = calls  # call-aware replay defence (gateway/calls.py); None: never
         self._origin = origin
         self._max_body = max_body_bytes
         self._clock = clock
@@ -265,13 +263,11 @@ class WebhookHandler:
         else:
             metrics.FORWARDED.labels(provider_label).inc()
             outcome = "accepted"
-        call_param = CALL_ID_PARAM.get(provider)
-        call_id = inbound.params().get(call_param) if call_param else None
-        answer, content_type = self._answers.render(
-            provider, route.kind, creds.phone_id, call_id, creds.config.get("answer_template")
-        )
-        await respond(send, 200, answer, content_type)
-        return 200, outcome, "", provider_label
+        # Answer only now: the event is durably in the stream, so even a slow dispatch
+        # behind a proxied answer cannot lose the call.
+        answer = await self._answers.answer(provider, route.kind, creds, inbound, event, idempotency_key, now)
+        await respond(send, answer.status, answer.body, answer.content_type)
+        return answer.status, outcome, "", provider_label
 
     async def _resolve_phone(self, route: Route, inbound: InboundRequest) -> PhoneCredentials | None:
         if route.phone_id is not None:
