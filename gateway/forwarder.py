@@ -1,14 +1,16 @@
 """Durable forwarding to the dispatch stream, with replay and duplicate checks, by group commit.
 
-Each accepted webhook becomes one call of a Lua script that, atomically:
+The requests in flight are written by one call of a Lua script (one round trip) that,
+for each event in turn, atomically:
   1. rejects a nonce already used (replay),
   2. answers "duplicate" for an idempotency key already forwarded,
   3. XADDs the event, then records the nonce and the idempotency key with TTLs.
-The XADD is the script's first write, so a failure (OOM, read-only replica) leaves
-nothing half-written. All scripts of the requests in flight are sent as one
-pipeline (one round trip), and each request is answered only after its own
-script's reply: the per-request Redis cost is amortised without weakening the
-"2xx only once durably in the stream" rule.
+Each event's XADD is its first write, so a failure (OOM, read-only replica) leaves
+nothing half-written, and is that event's own error: every request learns its own
+outcome and is answered only after it, so the per-request Redis cost is amortised
+without weakening the "2xx only once durably in the stream" rule. (One call for the
+batch rather than one per event: redis-py spends more CPU per command than Redis
+spends running the script.)
 
 With GATEWAY_REDIS_WAIT_REPLICAS=N the pipeline ends with WAIT N: a batch is
 answered 2xx only once N replicas hold it, so a Sentinel failover (which promotes
@@ -35,26 +37,41 @@ from gateway.redis_keys import KeyNames
 
 log = logging.getLogger("gateway.forwarder")
 
+# KEYS: the stream, then for event i its nonce key (KEYS[2i]) and idempotency key (KEYS[2i+1]),
+# the placeholder key when it has none. ARGV: nonce TTL, idempotency TTL, MAXLEN ('0': none),
+# the placeholder key's name, then event i as ARGV[4+i]. Returns one {outcome, id} per event;
+# outcome 'error' carries the Redis error of that event's XADD (redis.pcall).
 FORWARD_SCRIPT = """
-if ARGV[5] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then
-  return {'replay', ''}
-end
-if ARGV[6] == '1' then
-  local previous = redis.call('GET', KEYS[3])
-  if previous then
-    if ARGV[5] == '1' then redis.call('SET', KEYS[2], '1', 'EX', ARGV[2]) end
-    return {'duplicate', previous}
+local stream, nonce_ttl, idem_ttl, maxlen, unused = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local out = {}
+for i = 1, #ARGV - 4 do
+  local nonce_key, idem_key = KEYS[2 * i], KEYS[2 * i + 1]
+  local has_nonce, has_idem = nonce_key ~= unused, idem_key ~= unused
+  if has_nonce and redis.call('EXISTS', nonce_key) == 1 then
+    out[i] = {'replay', ''}
+  else
+    local previous = has_idem and redis.call('GET', idem_key)
+    if previous then
+      if has_nonce then redis.call('SET', nonce_key, '1', 'EX', nonce_ttl) end
+      out[i] = {'duplicate', previous}
+    else
+      local id
+      if maxlen ~= '0' then
+        id = redis.pcall('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'event', ARGV[4 + i])
+      else
+        id = redis.pcall('XADD', stream, '*', 'event', ARGV[4 + i])
+      end
+      if type(id) == 'table' then
+        out[i] = {'error', id.err}
+      else
+        if has_nonce then redis.call('SET', nonce_key, '1', 'EX', nonce_ttl) end
+        if has_idem then redis.call('SET', idem_key, id, 'EX', idem_ttl) end
+        out[i] = {'forwarded', id}
+      end
+    end
   end
 end
-local id
-if ARGV[4] ~= '0' then
-  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'event', ARGV[1])
-else
-  id = redis.call('XADD', KEYS[1], '*', 'event', ARGV[1])
-end
-if ARGV[5] == '1' then redis.call('SET', KEYS[2], '1', 'EX', ARGV[2]) end
-if ARGV[6] == '1' then redis.call('SET', KEYS[3], id, 'EX', ARGV[3]) end
-return {'forwarded', id}
+return out
 """
 FORWARD_SHA = hashlib.sha1(FORWARD_SCRIPT.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
 
@@ -164,22 +181,18 @@ class Forwarder:
         finally:
             self._slots.release()
 
-    def _args(self, item: _Pending) -> tuple[Any, ...]:
+    def _command(self, batch: list[_Pending]) -> list[Any]:
+        """EVALSHA of FORWARD_SCRIPT for the whole batch."""
         names = self._names
-        nonce_key = names.nonce(item.phone_id, item.nonce) if item.nonce else names.unused
-        idem_key = names.idempotency(item.phone_id, item.idempotency_key) if item.idempotency_key else names.unused
-        return (
-            3,
-            names.stream,
-            nonce_key,
-            idem_key,
-            item.event,
-            self._nonce_ttl,
-            self._idem_ttl,
-            self._maxlen,
-            "1" if item.nonce else "0",
-            "1" if item.idempotency_key else "0",
-        )
+        unused = names.unused
+        keys: list[Any] = [names.stream]
+        events: list[bytes] = []
+        for item in batch:
+            keys.append(names.nonce(item.phone_id, item.nonce) if item.nonce else unused)
+            keys.append(names.idempotency(item.phone_id, item.idempotency_key) if item.idempotency_key else unused)
+            events.append(item.event)
+        settings = [self._nonce_ttl, self._idem_ttl, self._maxlen, unused]
+        return ["EVALSHA", FORWARD_SHA, len(keys), *keys, *settings, *events]
 
     async def _flush(self, batch: list[_Pending]) -> None:
         if not batch:
@@ -208,7 +221,7 @@ class Forwarder:
                 item.future.set_exception(Unavailable("redis"))
                 continue
             outcome, entry_id = result
-            item.future.set_result((Outcome(_text(outcome)), _text(entry_id)))
+            item.future.set_result((_OUTCOMES[outcome], _text(entry_id)))
 
     async def _execute(self, batch: list[_Pending]) -> list[Any]:
         results = await self._run_scripts(batch)
@@ -227,8 +240,9 @@ class Forwarder:
 
     async def _run_scripts(self, batch: list[_Pending]) -> list[Any]:
         pipe = self._redis.pipeline(transaction=False)
-        for item in batch:
-            pipe.evalsha(FORWARD_SHA, *self._args(item))
+        # execute_command, not pipe.evalsha(): redis-py's cluster pipeline blocks its evalsha()
+        # method, yet routes the raw command by its keys (all in the stream's slot).
+        pipe.execute_command(*self._command(batch))
         if self._wait_replicas:
             # Same connection, after the scripts: returns how many replicas have everything this
             # connection wrote. Fewer than asked = not durable across a failover = 503, never 2xx
@@ -241,7 +255,23 @@ class Forwarder:
                 raise acked
             if int(acked) < self._wait_replicas:
                 raise NotReplicated(f"{acked} of {self._wait_replicas} replicas confirmed")
-        return results
+        (replies,) = results
+        if isinstance(replies, BaseException):  # the whole call failed (NOSCRIPT, READONLY, ...)
+            return [replies] * len(batch)
+        return [_event_error(reply[1]) if reply[0] in (b"error", "error") else reply for reply in replies]
+
+
+_OUTCOMES = {outcome.value.encode(): outcome for outcome in Outcome} | {outcome.value: outcome for outcome in Outcome}
+
+
+def _event_error(message: Any) -> rx.RedisError:
+    """One event's XADD error, as the exception redis-py raises for that reply (OOM, READONLY...)."""
+    text = _text(message)
+    if text.startswith("OOM"):
+        return rx.OutOfMemoryError(text)
+    if text.startswith("READONLY"):
+        return rx.ReadOnlyError(text)
+    return rx.ResponseError(text)
 
 
 def _text(value: Any) -> str:
