@@ -1,0 +1,1 @@
+"""Load tests and benchmarks (not part of the unit-test run). See loadtests/README.md."""
