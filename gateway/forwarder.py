@@ -13,9 +13,10 @@ batch rather than one per event: redis-py spends more CPU per command than Redis
 spends running the script.)
 
 With GATEWAY_REDIS_WAIT_REPLICAS=N the pipeline ends with WAIT N: a batch is
-answered 2xx only once N replicas hold it, so a Sentinel failover (which promotes
-a replica and throws away what only the old master had) cannot lose an accepted
-event; too few confirmations answer 503.
+answered 2xx only once N replicas hold it (too few confirmations answer 503), so a
+Sentinel failover, which promotes a replica and throws away what only the old
+master had, cannot lose an accepted event when N is the master's replica count
+(docs/operations.md, "Redis Sentinel", for smaller N).
 """
 
 from __future__ import annotations

@@ -37,8 +37,9 @@ from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 import redis.exceptions as rx
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import SSLConnection
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool, SentinelManagedConnection
 from redis.backoff import NoBackoff
 
 if TYPE_CHECKING:
@@ -184,19 +185,49 @@ class GatewaySentinel(Sentinel):
         return best[1], best[2]
 
 
+class GatewaySentinelConnection(SentinelManagedConnection):
+    """Looks the master up again on every reconnect, however the reconnect is reached.
+
+    redis-py 8.1's asyncio Connection.send_packed_command() reconnects a dropped
+    connection through connect_check_health(), bypassing SentinelManagedConnection.connect()
+    — so a connection dropped by a failover silently reconnected to the OLD master's
+    address (still accepting writes that the failover then discards).
+    """
+
+    _address_fresh = False
+
+    async def connect_to(self, address: tuple[str, int]) -> None:
+        self._address_fresh = True
+        try:
+            await super().connect_to(address)  # type: ignore[no-untyped-call]
+        finally:
+            self._address_fresh = False
+
+    async def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True) -> None:
+        if not self.is_connected and not self._address_fresh and self.connection_pool.is_master:
+            self.host, self.port = await self.connection_pool.get_master_address()
+        await super().connect_check_health(check_health=check_health, retry_socket_connect=retry_socket_connect)
+
+
+class GatewaySentinelSSLConnection(GatewaySentinelConnection, SSLConnection):
+    pass
+
+
 class WatchedSentinelPool(SentinelConnectionPool):
     """A master pool that re-checks the master's address in the background and drops every connection when it moves."""
 
     def __init__(self, service_name: str, sentinel_manager: Sentinel, **kwargs: Any) -> None:
         self.check_interval_s = float(kwargs.pop("master_check_interval_s", SENTINEL_CHECK_INTERVAL_S))
+        tls = kwargs.pop("ssl", False)
+        kwargs["connection_class"] = GatewaySentinelSSLConnection if tls else GatewaySentinelConnection
         super().__init__(service_name, sentinel_manager, **kwargs)  # type: ignore[no-untyped-call]
         self._watcher: asyncio.Task[None] | None = None
         self.failovers_seen = 0
 
-    async def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Any:
+    async def get_connection(self, *args: Any, **options: Any) -> Any:
         if self.is_master and (self._watcher is None or self._watcher.done()):
             self._watcher = asyncio.get_running_loop().create_task(self._watch(), name="redis-sentinel-watch")
-        return await super().get_connection(command_name, *keys, **options)  # type: ignore[no-untyped-call]
+        return await super().get_connection(*args, **options)  # type: ignore[no-untyped-call]
 
     async def _watch(self) -> None:
         while True:
@@ -208,7 +239,12 @@ class WatchedSentinelPool(SentinelConnectionPool):
                 continue
             if self.master_address is not None and address != self.master_address:
                 self.failovers_seen += 1
-                log.warning("Redis master for %r moved; dropping every connection to the old one", self.service_name)
+                log.warning(
+                    "Redis master for %r moved from %s:%s to %s:%s; dropping every connection to the old one",
+                    self.service_name,
+                    *self.master_address,
+                    *address,
+                )
                 self.master_address = address
                 await self.disconnect(inuse_connections=True)
 
