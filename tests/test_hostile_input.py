@@ -469,6 +469,32 @@ def test_a_genuine_signature_on_other_content_is_refused(examples: int) -> None:
     run(examples, check, original=signed_params, other=signed_params, raw_other=bodies)
 
 
+def test_parameter_boundaries_are_not_signed_by_the_carriers_design() -> None:
+    """Documented, not defended (docs/threat-model.md): Plivo V3 and Twilio sign name+value
+    concatenations without separators, so moving the boundary between adjacent parameters
+    keeps the signature valid. A captured Twilio request (no nonce) can come back with
+    another CallSid, hence another idempotency key. This test pins the SDK-compatible
+    behaviour so a change to it is a decision, not an accident."""
+    url = f"https://{HOST}/twilio/status/ph_1"
+    genuine = [("CallSid", "CA0001"), ("CallStatus", "completed")]
+    resplit = [("CallSid", "CA0001CallStatuscompleted")]
+    assert twilio.string_to_sign(url, genuine) == twilio.string_to_sign(url, resplit)
+    carrier = CARRIERS["twilio"]
+    token = carrier.creds.keys[KeyKind.AUTH_TOKEN][0].material.decode()
+    request = InboundRequest(
+        "POST",
+        "https",
+        HOST,
+        "/twilio/status/ph_1",
+        "",
+        {"x-twilio-signature": twilio.sign(token, url, genuine), "content-type": "application/x-www-form-urlencoded"},
+        urlencode(resplit).encode(),
+        "198.51.100.20",
+    )
+    assert carrier.verifier.verify(request, carrier.creds, NOW).key_fingerprint == "fp-auth"
+    assert twilio.idempotency_key(request, "status") != "status:CA0001:completed"
+
+
 def _with_headers(request: InboundRequest, headers: Any) -> InboundRequest:
     return InboundRequest(
         request.method,
