@@ -25,7 +25,7 @@ import logging
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
@@ -143,6 +143,8 @@ def _edit(label: str, text: str, **fields: Any) -> _Edit:
 
 def _shown(value: str) -> str:
     """A header-derived value fit for a log line: printable ASCII, bounded."""
+    if len(value) <= _MAX_SHOWN and value.isascii() and value.isprintable():
+        return value
     cleaned = "".join(ch if " " <= ch <= "~" else "?" for ch in value)
     return cleaned if len(cleaned) <= _MAX_SHOWN else cleaned[: _MAX_SHOWN - 1] + "…"
 
@@ -292,8 +294,22 @@ def _wire_text(raw: str) -> str:
         return raw
 
 
-def _identity(request: InboundRequest) -> tuple[str, str, str, str, str]:
-    return (request.scheme, request.netloc, request.raw_path, request.query_string, request.content_type)
+# Parsed values an InboundRequest caches, and what they are derived from. Whitelisted: a
+# cache entry not named here is never shared with a variant (it is recomputed).
+_DERIVED_FROM_QUERY = frozenset({"query", "params"})
+_DERIVED_FROM_BODY = frozenset({"form", "params"})
+_SHAREABLE = frozenset({"query", "form", "params"})
+
+
+def _identity(inbound: InboundRequest, fields: Mapping[str, Any]) -> tuple[str, ...]:
+    headers = fields.get("headers", inbound.headers)
+    return (
+        fields.get("scheme", inbound.scheme),
+        fields.get("netloc", inbound.netloc),
+        fields.get("raw_path", inbound.raw_path),
+        fields.get("query_string", inbound.query_string),
+        headers.get("content-type", ""),
+    )
 
 
 def variants(
@@ -305,35 +321,51 @@ def variants(
     """Altered copies of `inbound`, most likely explanation first: single changes, then
     the scheme combined with a host/port or path change, then host with path.
 
-    Lazy: take only as many as you will verify. Duplicates (and the request itself) are skipped.
+    Lazy (each family of edits is computed when first reached): take only as many as you
+    will verify. Duplicates (and the request itself) are skipped.
     """
     if provider not in SUPPORTED:
         return
     flipped = "http" if inbound.scheme == "https" else "https"
     scheme = _edit(SCHEME, f"scheme={flipped}", scheme=flipped)
-    netlocs = _netloc_edits(inbound, provider, inbound.scheme, public_base, base_source)
-    paths = _path_edits(inbound, public_base, base_source)
-    groups: Iterator[tuple[_Edit, ...]] = itertools.chain(
-        [(scheme,)],
-        ((edit,) for edit in netlocs),
-        ((edit,) for edit in paths),
-        ((edit,) for edit in _body_edits(inbound, provider)),
-        ((edit,) for edit in _query_edits(inbound, provider)),
-        ((scheme, edit) for edit in _netloc_edits(inbound, provider, flipped, public_base, base_source)),
-        ((scheme, edit) for edit in paths),
-        ((netloc, path) for netloc in netlocs for path in paths),
+    memo: dict[str, list[_Edit]] = {}
+
+    def netlocs() -> list[_Edit]:
+        if "netlocs" not in memo:
+            memo["netlocs"] = _netloc_edits(inbound, provider, inbound.scheme, public_base, base_source)
+        return memo["netlocs"]
+
+    def paths() -> list[_Edit]:
+        if "paths" not in memo:
+            memo["paths"] = _path_edits(inbound, public_base, base_source)
+        return memo["paths"]
+
+    families: tuple[Callable[[], Iterable[tuple[_Edit, ...]]], ...] = (
+        lambda: [(scheme,)],
+        lambda: ((edit,) for edit in netlocs()),
+        lambda: ((edit,) for edit in paths()),
+        lambda: ((edit,) for edit in _body_edits(inbound, provider)),
+        lambda: ((edit,) for edit in _query_edits(inbound, provider)),
+        lambda: ((scheme, edit) for edit in _netloc_edits(inbound, provider, flipped, public_base, base_source)),
+        lambda: ((scheme, edit) for edit in paths()),
+        lambda: ((netloc, path) for netloc in netlocs() for path in paths()),
     )
-    seen = {_identity(inbound)}
-    for edits in groups:
-        fields = dict(field for edit in edits for field in edit.fields)
-        # The parsed query/form may be shared unless this variant changes what they come from.
-        cache = {} if ("query_string" in fields or "headers" in fields) else dict(inbound._cache)
-        request = dataclasses.replace(inbound, **fields, _cache=cache)
-        identity = _identity(request)
-        if identity in seen:
-            continue
-        seen.add(identity)
-        yield Variant(tuple(edit.change for edit in edits), request)
+    seen = {_identity(inbound, {})}
+    for family in families:
+        for edits in family():
+            fields = dict(field for edit in edits for field in edit.fields)
+            identity = _identity(inbound, fields)
+            if identity in seen:
+                continue
+            seen.add(identity)
+            # Share what was already parsed, unless this variant changes what it was parsed from.
+            keep = _SHAREABLE
+            if "query_string" in fields:
+                keep = keep - _DERIVED_FROM_QUERY
+            if "headers" in fields:
+                keep = keep - _DERIVED_FROM_BODY
+            cache = {name: value for name, value in inbound._cache.items() if name in keep}
+            yield Variant(tuple(edit.change for edit in edits), dataclasses.replace(inbound, **fields, _cache=cache))
 
 
 def attempts(
@@ -345,9 +377,16 @@ def attempts(
     public_base: PublicBase | None = None,
     base_source: str = "GATEWAY_PUBLIC_BASE_URL",
     limit: int = MAX_VARIANTS,
+    deadline: float | None = None,
+    timer: Callable[[], float] = time.perf_counter,
 ) -> Iterator[tuple[Variant, Verified | None]]:
-    """Each variant (at most `limit`) with what the verifier made of it. Never records anything."""
-    for variant in itertools.islice(variants(inbound, creds.provider, public_base, base_source), limit):
+    """Each variant (at most `limit`, and none started after `deadline` on `timer` but the
+    first) with what the verifier made of it. Never records anything."""
+    for index, variant in enumerate(
+        itertools.islice(variants(inbound, creds.provider, public_base, base_source), limit)
+    ):
+        if index and deadline is not None and timer() >= deadline:
+            return
         try:
             verified: Verified | None = verifier.verify(variant.request, creds, now)
         except Rejected:
@@ -363,11 +402,14 @@ def diagnose(
     *,
     public_base: PublicBase | None = None,
     limit: int = MAX_VARIANTS,
+    deadline: float | None = None,
+    timer: Callable[[], float] = time.perf_counter,
 ) -> Diagnosis | None:
     """The first variant the phone's verifier would have accepted, or None. Diagnosis only."""
-    for tried, (variant, verified) in enumerate(
-        attempts(inbound, creds, verifier, now, public_base=public_base, limit=limit), start=1
-    ):
+    found = attempts(
+        inbound, creds, verifier, now, public_base=public_base, limit=limit, deadline=deadline, timer=timer
+    )
+    for tried, (variant, verified) in enumerate(found, start=1):
         if verified is not None:
             return Diagnosis(creds.provider, variant, verified.key_fingerprint, tried)
     return None
@@ -377,7 +419,7 @@ def diagnose(
 
 
 class _Bucket:
-    """Token bucket: `rate` per second, at most `burst` at once."""
+    """Token bucket: refills `rate` per second of `clock`, holds at most `burst`."""
 
     __slots__ = ("_burst", "_clock", "_rate", "_stamp", "_tokens")
 
@@ -388,24 +430,36 @@ class _Bucket:
         self._tokens = burst
         self._stamp = clock()
 
-    def take(self) -> bool:
+    def _refill(self) -> None:
         now = self._clock()
         self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
         self._stamp = now
+
+    def take(self) -> bool:
+        """Spend one token if there is one."""
+        self._refill()
         if self._tokens >= 1.0:
             self._tokens -= 1.0
             return True
         return False
 
+    def has_credit(self) -> bool:
+        self._refill()
+        return self._tokens > 0.0
+
+    def spend(self, amount: float) -> None:
+        self._tokens -= amount  # may go negative: a costly diagnosis is paid back before the next
+
 
 class MismatchExplainer:
     """Called by the webhook handler after a well-formed signature of a known phone failed.
 
-    Bounded: at most `max_variants` verifier runs per failed request, and at most
-    `rate_per_s` diagnosed requests per second per process (a burst of `burst`); past
-    that, failures are answered as usual and not diagnosed. Counts the matching
-    variant's labels in `gateway_signature_mismatch_total` and logs one WARNING per
-    phone and mismatch per `log_interval_s` (plus a global cap), never a secret.
+    Bounded in CPU: diagnoses share a budget of `cpu_share` seconds per second (1% of a
+    core by default, with a burst of `cpu_burst_s`), and one diagnosis starts no new
+    variant after `max_diagnosis_s` nor beyond `max_variants`. Past the budget, failures
+    are answered as usual and simply not diagnosed. Counts the matching variant's labels
+    in `gateway_signature_mismatch_total` and logs one WARNING per phone and mismatch per
+    `log_interval_s` (and at most `log_rate_per_s` overall), never a secret.
     Never raises, never changes the answer.
     """
 
@@ -414,17 +468,21 @@ class MismatchExplainer:
         public_base: PublicBase | None = None,
         *,
         max_variants: int = MAX_VARIANTS,
-        rate_per_s: float = 50.0,
-        burst: float = 100.0,
+        cpu_share: float = 0.01,
+        cpu_burst_s: float = 0.05,
+        max_diagnosis_s: float = 0.002,
         log_interval_s: float = 60.0,
         log_rate_per_s: float = 1.0,
         log_burst: float = 30.0,
         max_log_keys: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
+        timer: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._public_base = public_base
         self._max_variants = max_variants
-        self._budget = _Bucket(rate_per_s, burst, clock)
+        self._budget = _Bucket(cpu_share, cpu_burst_s, clock)
+        self._max_diagnosis_s = max_diagnosis_s
+        self._timer = timer
         self._log_budget = _Bucket(log_rate_per_s, log_burst, clock)
         self._log_interval_s = log_interval_s
         self._max_log_keys = max_log_keys
@@ -439,9 +497,22 @@ class MismatchExplainer:
         if creds.provider not in SUPPORTED:
             return None
         try:
-            if not self._budget.take():
+            if not self._budget.has_credit():
                 return None
-            diagnosis = diagnose(inbound, creds, verifier, now, public_base=self._public_base, limit=self._max_variants)
+            started = self._timer()
+            try:
+                diagnosis = diagnose(
+                    inbound,
+                    creds,
+                    verifier,
+                    now,
+                    public_base=self._public_base,
+                    limit=self._max_variants,
+                    deadline=started + self._max_diagnosis_s,
+                    timer=self._timer,
+                )
+            finally:
+                self._budget.spend(self._timer() - started)
             if diagnosis is None:
                 return None
             for label in diagnosis.labels:

@@ -6,6 +6,7 @@ through the real app and socket and read the real metric and log.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 from collections.abc import Iterator
@@ -331,21 +332,55 @@ def test_explainer_log_has_a_global_cap(caplog: pytest.LogCaptureFixture) -> Non
     assert len(caplog.records) == 2
 
 
-def test_explainer_budget_bounds_the_work() -> None:
+class Counting(PlivoVerifier):
+    """The real verifier, counting its runs."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def verify(self, inbound: InboundRequest, creds: PhoneCredentials, now: float) -> Verified:
+        self.calls += 1
+        return super().verify(inbound, creds, now)
+
+
+class SteppingTimer:
+    """A timer that advances `step` seconds each time it is read (every diagnosis looks costly)."""
+
+    def __init__(self, step: float) -> None:
+        self.now, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def test_explainer_cpu_budget_bounds_the_work() -> None:
     clock = FakeClock()
-    calls: list[InboundRequest] = []
+    # Each reading of the timer advances 1 ms, so each diagnosis costs a few ms of budget;
+    # the budget refills 1 ms per second and holds 5 ms.
+    explainer = MismatchExplainer(
+        clock=clock, timer=SteppingTimer(0.001), cpu_share=0.001, cpu_burst_s=0.005, max_diagnosis_s=1.0
+    )
+    verifier = Counting()
+    results = [explainer(scheme_mismatch(), plivo_creds(), verifier, NOW) for _ in range(6)]
+    done = [r is not None for r in results]
+    assert done[0] and not done[-1] and done.count(True) < 6
+    calls = verifier.calls
+    assert explainer(scheme_mismatch(), plivo_creds(), verifier, NOW) is None
+    assert verifier.calls == calls  # out of budget: the verifier does not even run
+    clock.now += 60.0  # refilled
+    assert explainer(scheme_mismatch(), plivo_creds(), verifier, NOW) is not None
 
-    class Counting(PlivoVerifier):
-        def verify(self, inbound: InboundRequest, creds: PhoneCredentials, now: float) -> Verified:
-            calls.append(inbound)
-            return super().verify(inbound, creds, now)
 
-    explainer = MismatchExplainer(clock=clock, rate_per_s=1.0, burst=2)
-    results = [explainer(scheme_mismatch(), plivo_creds(), Counting(), NOW) for _ in range(4)]
-    assert [r is not None for r in results] == [True, True, False, False]
-    assert len(calls) == 2  # one variant each (scheme is tried first); the other two never ran
-    clock.now += 1.0
-    assert explainer(scheme_mismatch(), plivo_creds(), Counting(), NOW) is not None
+def test_one_diagnosis_stops_at_its_deadline_after_the_first_variant() -> None:
+    forged = plivo_case(f"http://hooks.example.com{PATH}", f"{H}{PATH}", **{"X-Forwarded-Host": "a.example.com"})
+    forged = dataclasses.replace(forged, headers={**forged.headers, "x-plivo-signature-v3": "A" * 43 + "="})
+    verifier = Counting()
+    assert diagnose(forged, plivo_creds(), verifier, NOW, deadline=0.5, timer=SteppingTimer(1.0)) is None
+    assert verifier.calls == 1
+    verifier = Counting()
+    assert diagnose(forged, plivo_creds(), verifier, NOW) is None
+    assert verifier.calls > 1
 
 
 def test_explainer_never_raises(caplog: pytest.LogCaptureFixture) -> None:
