@@ -120,6 +120,16 @@ def request_counter(provider: str, kind: str, outcome: str) -> Any:
     return REQUESTS.labels(provider, kind, outcome)
 
 
+@functools.lru_cache(maxsize=16)
+def forwarded(provider: str) -> Any:
+    return FORWARDED.labels(provider)
+
+
+@functools.lru_cache(maxsize=16)
+def duplicates(provider: str) -> Any:
+    return DUPLICATES.labels(provider)
+
+
 @functools.lru_cache(maxsize=128)
 def answer_counter(provider: str, result: str) -> Any:
     return ANSWERS.labels(provider, result)

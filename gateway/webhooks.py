@@ -258,10 +258,10 @@ class WebhookHandler:
         if result is Outcome.REPLAY:
             return await self._reject(send, Reason.REPLAYED_NONCE, provider_label)
         if result is Outcome.DUPLICATE:
-            metrics.DUPLICATES.labels(provider_label).inc()
+            metrics.duplicates(provider_label).inc()
             outcome = "duplicate"
         else:
-            metrics.FORWARDED.labels(provider_label).inc()
+            metrics.forwarded(provider_label).inc()
             outcome = "accepted"
         # Answer only now: the event is durably in the stream, so even a slow dispatch
         # behind a proxied answer cannot lose the call.

@@ -12,7 +12,10 @@ from gateway.errors import Reason, Rejected
 from gateway.inbound import MAX_FORM_FIELDS, parse_pairs
 
 # Characters that matter to the parser, plus some text and bytes-as-latin-1 characters.
-ALPHABET = st.sampled_from(list("&=+%;# aZ09-_.~") + ["%2B", "%3D", "%26", "%C3%A9", "%E2%82", "%ZZ", "%", "é", "\x00"])
+ALPHABET = st.sampled_from(
+    list("&=+%;# aZ09-_.~")
+    + ["%2B", "%2b", "%3D", "%26", "%7F", "%0", "%00", "%80", "%C3%A9", "%c3%a9", "%E2%82", "%ZZ", "%", "é", "\x00"]
+)
 TEXT = st.lists(ALPHABET, max_size=40).map("".join)
 
 
