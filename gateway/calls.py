@@ -34,7 +34,6 @@ Terminal status vocabularies:
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -168,5 +167,4 @@ class CallAware:
 
     def key(self, phone_id: str, call: str) -> str:
         """The call's state hash (its timeline and held events are this + ':timeline' / ':held')."""
-        digest = hashlib.blake2b(call.encode(), digest_size=16).hexdigest()
-        return f"{self._names.unused.rsplit(':', 1)[0]}:call:{phone_id}:{digest}"
+        return self._names.call(phone_id, call)

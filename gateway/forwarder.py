@@ -12,6 +12,11 @@ without weakening the "2xx only once durably in the stream" rule. (One call for 
 batch rather than one per event: redis-py spends more CPU per command than Redis
 spends running the script.)
 
+Call-aware replay defence (gateway/calls.py) runs in the same script call: an event
+with a `CallCheck` brings three more keys (its call's state hash, timeline and held
+events, all in the stream's slot) and a spec; a batch without any check is sent
+exactly as before, and the call section of the script is never entered.
+
 With GATEWAY_REDIS_WAIT_REPLICAS=N the pipeline ends with WAIT N: a batch is
 answered 2xx only once N replicas hold it (too few confirmations answer 503), so a
 Sentinel failover, which promotes a replica and throws away what only the old
@@ -33,6 +38,7 @@ import redis.exceptions as rx
 from redis.asyncio import Redis
 
 from gateway import metrics
+from gateway.calls import CallCheck
 from gateway.errors import NotReplicated, Unavailable
 from gateway.redis_keys import KeyNames
 
@@ -41,11 +47,91 @@ log = logging.getLogger("gateway.forwarder")
 # KEYS: the stream, then for event i its nonce key (KEYS[2i]) and idempotency key (KEYS[2i+1]),
 # the placeholder key when it has none. ARGV: nonce TTL, idempotency TTL, MAXLEN ('0': none),
 # the placeholder key's name, then event i as ARGV[4+i]. Returns one {outcome, id} per event;
-# outcome 'error' carries the Redis error of that event's XADD (redis.pcall).
+# outcome 'error' carries the Redis error of that event's first write (redis.pcall).
+# Call-aware batches (any event with a CallCheck) append, for event i, KEYS[1+2n+3(i-1)+1..3]
+# (call state hash, timeline, held list; placeholders without a check) and ARGV[4+n+i], its
+# spec: phase, status, now, window, late, TTL, max held (tab separated; '' without a check).
+# So #ARGV == 4 + n and #KEYS == 1 + 2n without checks, #ARGV == 4 + 2n and #KEYS == 1 + 5n with.
 FORWARD_SCRIPT = """
 local stream, nonce_ttl, idem_ttl, maxlen, unused = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local n = #ARGV - 4
+local calls = #KEYS ~= 1 + 2 * n
+if calls then n = n / 2 end
+local function xadd(event)
+  if maxlen ~= '0' then
+    return redis.pcall('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'event', event)
+  end
+  return redis.pcall('XADD', stream, '*', 'event', event)
+end
+local function remember(nonce_key, idem_key, id)
+  if nonce_key ~= unused then redis.call('SET', nonce_key, '1', 'EX', nonce_ttl) end
+  if idem_key ~= unused then redis.call('SET', idem_key, id, 'EX', idem_ttl) end
+end
+-- gateway/calls.py has the rules; docs/answers-and-forwards.md explains them.
+local function call_event(i, spec, event, nonce_key, idem_key)
+  local f = {}
+  for field in string.gmatch(spec, '[^\t]+') do f[#f + 1] = field end
+  local phase, status, at = f[1], f[2], f[3]
+  local now, window, late, ttl, max_held = tonumber(f[3]), tonumber(f[4]), tonumber(f[5]), f[6], tonumber(f[7])
+  local base = 1 + 2 * n + 3 * (i - 1)
+  local state_key, timeline_key, held_key = KEYS[base + 1], KEYS[base + 2], KEYS[base + 3]
+  local state = redis.call('HMGET', state_key, 'answered', 'ended', 'held_since')
+  local function note(result)  -- the call's timeline is forensic: never fails the event
+    redis.pcall('RPUSH', timeline_key, at .. ' ' .. phase .. ' ' .. status .. ' ' .. result)
+    redis.pcall('LTRIM', timeline_key, -64, -1)
+    redis.pcall('EXPIRE', timeline_key, ttl)
+  end
+  if state[2] then
+    local limit = late
+    if phase == 'a' then limit = window end
+    if now - tonumber(state[2]) > limit then
+      note('call_ended')
+      return {'call_ended', ''}
+    end
+  elseif not state[1] and phase ~= 'a' then
+    if window <= 0 or (state[3] and now - tonumber(state[3]) > window)
+        or redis.call('LLEN', held_key) >= max_held then
+      note('unknown_call')
+      return {'unknown_call', ''}
+    end
+    local pushed = redis.pcall('RPUSH', held_key, event)
+    if type(pushed) == 'table' then return {'error', pushed.err} end
+    redis.call('EXPIRE', held_key, math.ceil(window) + 60)
+    if not state[3] then redis.call('HSET', state_key, 'held_since', at) end
+    if phase == 'e' then redis.call('HSET', state_key, 'held_end', at, 'held_end_status', status) end
+    redis.call('EXPIRE', state_key, ttl)
+    remember(nonce_key, idem_key, 'held')
+    note('held')
+    return {'held', ''}
+  end
+  local id = xadd(event)
+  if type(id) == 'table' then return {'error', id.err} end
+  remember(nonce_key, idem_key, id)
+  local released = 0
+  if phase == 'a' and not state[1] then
+    redis.call('HSET', state_key, 'answered', at)
+    if state[3] then
+      if now - tonumber(state[3]) <= window then
+        for _, held in ipairs(redis.call('LRANGE', held_key, 0, -1)) do
+          if type(xadd(held)) ~= 'table' then released = released + 1 end
+        end
+        local held_end = redis.call('HMGET', state_key, 'held_end', 'held_end_status')
+        if held_end[1] and not state[2] then
+          redis.call('HSET', state_key, 'ended', held_end[1], 'end_status', held_end[2])
+        end
+      end
+      redis.call('DEL', held_key)
+      redis.call('HDEL', state_key, 'held_since', 'held_end', 'held_end_status')
+    end
+  elseif phase == 'e' and not state[2] then
+    redis.call('HSET', state_key, 'ended', at, 'end_status', status)
+  end
+  redis.call('EXPIRE', state_key, ttl)
+  note('forwarded+' .. released)
+  return {'forwarded', id, released}
+end
 local out = {}
-for i = 1, #ARGV - 4 do
+for i = 1, n do
   local nonce_key, idem_key = KEYS[2 * i], KEYS[2 * i + 1]
   local has_nonce, has_idem = nonce_key ~= unused, idem_key ~= unused
   if has_nonce and redis.call('EXISTS', nonce_key) == 1 then
@@ -55,18 +141,14 @@ for i = 1, #ARGV - 4 do
     if previous then
       if has_nonce then redis.call('SET', nonce_key, '1', 'EX', nonce_ttl) end
       out[i] = {'duplicate', previous}
+    elseif calls and ARGV[4 + n + i] ~= '' then
+      out[i] = call_event(i, ARGV[4 + n + i], ARGV[4 + i], nonce_key, idem_key)
     else
-      local id
-      if maxlen ~= '0' then
-        id = redis.pcall('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'event', ARGV[4 + i])
-      else
-        id = redis.pcall('XADD', stream, '*', 'event', ARGV[4 + i])
-      end
+      local id = xadd(ARGV[4 + i])
       if type(id) == 'table' then
         out[i] = {'error', id.err}
       else
-        if has_nonce then redis.call('SET', nonce_key, '1', 'EX', nonce_ttl) end
-        if has_idem then redis.call('SET', idem_key, id, 'EX', idem_ttl) end
+        remember(nonce_key, idem_key, id)
         out[i] = {'forwarded', id}
       end
     end
@@ -91,6 +173,9 @@ class Outcome(enum.StrEnum):
     FORWARDED = "forwarded"
     DUPLICATE = "duplicate"
     REPLAY = "replay"
+    HELD = "held"  # call-aware: kept until its call's answer arrives (answered 2xx, not yet in the stream)
+    UNKNOWN_CALL = "unknown_call"  # call-aware: its call was never answered within the window
+    CALL_ENDED = "call_ended"  # call-aware: its call ended longer ago than the window allows
 
 
 @dataclass(slots=True)
@@ -100,6 +185,7 @@ class _Pending:
     nonce: str | None
     idempotency_key: str | None
     future: asyncio.Future[tuple[Outcome, str]] = field(repr=False)
+    call: CallCheck | None = None
 
 
 class Forwarder:
@@ -148,11 +234,17 @@ class Forwarder:
             await asyncio.gather(*self._batches, return_exceptions=True)
 
     async def forward(
-        self, phone_id: str, event: bytes, *, nonce: str | None, idempotency_key: str | None
+        self,
+        phone_id: str,
+        event: bytes,
+        *,
+        nonce: str | None,
+        idempotency_key: str | None,
+        call: CallCheck | None = None,
     ) -> tuple[Outcome, str]:
         """(outcome, stream entry id). Raises Unavailable when Redis cannot confirm the write."""
         future: asyncio.Future[tuple[Outcome, str]] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(phone_id, event, nonce, idempotency_key, future))
+        self._queue.append(_Pending(phone_id, event, nonce, idempotency_key, future, call))
         self._wakeup.set()
         if self._task is None:  # not started (e.g. a one-shot CLI use): flush inline
             await self._flush(self._take())
@@ -193,6 +285,12 @@ class Forwarder:
             keys.append(names.idempotency(item.phone_id, item.idempotency_key) if item.idempotency_key else unused)
             events.append(item.event)
         settings = [self._nonce_ttl, self._idem_ttl, self._maxlen, unused]
+        if any(item.call is not None for item in batch):
+            specs: list[str] = []
+            for item in batch:
+                keys.extend(item.call.keys if item.call is not None else (unused, unused, unused))
+                specs.append("\t".join(item.call.args) if item.call is not None else "")
+            return ["EVALSHA", FORWARD_SHA, len(keys), *keys, *settings, *events, *specs]
         return ["EVALSHA", FORWARD_SHA, len(keys), *keys, *settings, *events]
 
     async def _flush(self, batch: list[_Pending]) -> None:
@@ -221,8 +319,9 @@ class Forwarder:
                 metrics.REDIS_ERRORS.labels("forward", metrics.redis_error_class(result)).inc()
                 item.future.set_exception(Unavailable("redis"))
                 continue
-            outcome, entry_id = result
-            item.future.set_result((_OUTCOMES[outcome], _text(entry_id)))
+            if item.call is not None and len(result) > 2 and int(result[2]):
+                metrics.call_event_counter(item.call.provider, "released").inc(int(result[2]))
+            item.future.set_result((_OUTCOMES[result[0]], _text(result[1])))
 
     async def _execute(self, batch: list[_Pending]) -> list[Any]:
         results = await self._run_scripts(batch)

@@ -92,6 +92,11 @@ class KeyNames:
         """Written by /readyz: a write in the stream's slot, the thing every webhook needs."""
         return f"{self._tag}:ready"
 
+    def call(self, phone_id: str, call_id: str) -> str:
+        """A call's state hash for call-aware checks (gateway/calls.py); + ':timeline' / ':held'."""
+        digest = hashlib.blake2b(call_id.encode(), digest_size=16).hexdigest()
+        return f"{self._tag}:call:{phone_id}:{digest}"
+
     @property
     def unused(self) -> str:
         """A placeholder key in the stream's slot, for script arguments that are absent."""

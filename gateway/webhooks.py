@@ -245,8 +245,9 @@ class WebhookHandler:
                 key_fingerprint=verified.key_fingerprint,
                 redact_token=provider is Provider.EXOTEL,
             )
+            call = self._calls.check(provider, route.kind, creds, inbound, now) if self._calls is not None else None
             result, _entry_id = await self._forwarder.forward(
-                creds.phone_id, event, nonce=verified.nonce, idempotency_key=idempotency_key
+                creds.phone_id, event, nonce=verified.nonce, idempotency_key=idempotency_key, call=call
             )
         except Rejected as rejection:
             if rejection.reason is Reason.INVALID_SIGNATURE and self._explain is not None:
@@ -260,9 +261,14 @@ class WebhookHandler:
         if result is Outcome.DUPLICATE:
             metrics.duplicates(provider_label).inc()
             outcome = "duplicate"
-        else:
+        elif result is Outcome.FORWARDED:
             metrics.forwarded(provider_label).inc()
             outcome = "accepted"
+        elif result is Outcome.HELD:
+            metrics.call_event_counter(provider_label, "held").inc()
+            outcome = "held"
+        else:  # call-aware refusals: UNKNOWN_CALL, CALL_ENDED
+            return await self._reject(send, Reason(result.value), provider_label)
         # Answer only now: the event is durably in the stream, so even a slow dispatch
         # behind a proxied answer cannot lose the call.
         answer = await self._answers.answer(provider, route.kind, creds, inbound, event, idempotency_key, now)
