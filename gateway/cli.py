@@ -172,7 +172,7 @@ def _cli_settings() -> Settings:
     if not env.get("GATEWAY_REDIS_URL"):
         sock = EMBEDDED_DIR / "redis" / "redis.sock"
         if sock.exists():
-            env["GATEWAY_REDIS_URL"] = f"unix://{sock}"
+            env["GATEWAY_REDIS_URL"] = f"unix://{sock.resolve()}"  # relative would read as unix://host/path
         else:
             raise SettingsError("GATEWAY_REDIS_URL is not set (and no embedded server is running here)")
     if not env.get("GATEWAY_KEK") and (EMBEDDED_DIR / "kek").exists():
