@@ -300,10 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_genkey = sub.add_parser("genkey", help="print a new random 32-byte key (for GATEWAY_KEK)")
     p_genkey.set_defaults(func=genkey)
-    from gateway import explain_cli, sign_cli  # their own modules; imported here, they import this one
+    from gateway import consume_cli, explain_cli, sign_cli  # their own modules; imported here, they import this one
 
     explain_cli.add_parser(sub)
     sign_cli.add_parser(sub)
+    consume_cli.add_parser(sub)
     return parser
 
 
