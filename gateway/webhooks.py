@@ -9,6 +9,7 @@ middleware stacks and per-request objects it does not need.
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 import time
@@ -65,6 +66,7 @@ IDEMPOTENCY: dict[Provider, IdempotencyFn] = {
 }
 ALLOWED_METHODS = frozenset({"GET", "POST"})
 _RETRY_AFTER = [(b"retry-after", str(RETRY_AFTER_S).encode())]
+_NO_DUPLICATES: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +78,11 @@ class Route:
 
 def match_route(path: str) -> Route | None:
     """Webhook routes from design.md; anything else is not a webhook."""
+    # A phone's routes repeat on every callback: remembered, short paths only (bounded memory).
+    return _cached_route(path) if len(path) <= 256 else _match_route(path)
+
+
+def _match_route(path: str) -> Route | None:
     parts = path.split("/")
     # ["", family, kind, phone_id]
     if len(parts) == 4 and parts[0] == "" and parts[2] in ("incoming", "status") and parts[3]:
@@ -93,6 +100,9 @@ def match_route(path: str) -> Route | None:
         if len(parts) == 5 and parts[4]:
             return Route(RouteFamily.TELNYX, "voice", parts[4])
     return None
+
+
+_cached_route = functools.lru_cache(maxsize=4096)(_match_route)
 
 
 def _decoys() -> dict[RouteFamily, PhoneCredentials]:
@@ -185,17 +195,20 @@ class WebhookHandler:
         if method not in ALLOWED_METHODS:
             return await self._reject(send, Reason.METHOD_NOT_ALLOWED, provider_label, extra=[(b"allow", b"GET, POST")])
 
-        headers: dict[str, str] = {}
+        raw_headers = scope["headers"]
+        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in raw_headers}
         duplicates: set[str] = set()
-        for raw_name, raw_value in scope["headers"]:
-            name = raw_name.decode("latin-1").lower()
-            value = raw_value.decode("latin-1")
-            if name in headers:
-                duplicates.add(name)
-                if name == "x-forwarded-for":
-                    headers[name] = f"{headers[name]},{value}"
-                continue
-            headers[name] = value
+        if len(headers) != len(raw_headers):  # a name sent twice (rare): first value wins, XFF hops joined
+            headers = {}
+            for raw_name, raw_value in raw_headers:
+                name = raw_name.decode("latin-1").lower()
+                value = raw_value.decode("latin-1")
+                if name in headers:
+                    duplicates.add(name)
+                    if name == "x-forwarded-for":
+                        headers[name] = f"{headers[name]},{value}"
+                    continue
+                headers[name] = value
 
         try:
             length = declared_length(headers.get("content-length"))
@@ -221,7 +234,7 @@ class WebhookHandler:
             headers=headers,
             body=body,
             client_ip=origin.client_ip,
-            duplicate_headers=frozenset(duplicates),
+            duplicate_headers=frozenset(duplicates) if duplicates else _NO_DUPLICATES,
         )
         now = self._clock()
         try:

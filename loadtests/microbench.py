@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
+import gc
 import io
 import logging
 import pstats
@@ -77,7 +78,7 @@ def build_requests(kind: str, n: int) -> list[tuple[dict[str, Any], bytes]]:
 
 
 class StubForwarder:
-    async def forward(self, phone_id: str, event: bytes, *, nonce: str | None, idempotency_key: str | None) -> Any:
+    async def forward(self, phone_id: str, event: bytes, **_options: Any) -> Any:
         return Outcome.FORWARDED, "0-0"
 
 
@@ -124,11 +125,21 @@ async def main_async(args: argparse.Namespace) -> None:
             await drive(handler, match_route, warm, args.batch)
 
             requests = build_requests(args.kind, args.requests)
+            if args.gc_freeze:
+                gc.collect()
+                gc.freeze()
             handler._forwarder = StubForwarder()  # type: ignore[assignment]  # noqa: SLF001
             profiler = cProfile.Profile() if args.profile else None
             if profiler:
                 profiler.enable()
-            per_handler = await drive(handler, match_route, requests, args.batch)
+            # The machine may be shared: the least disturbed of several rounds.
+            round_size = max(1, len(requests) // args.rounds)
+            per_handler = min(
+                [
+                    await drive(handler, match_route, requests[r * round_size : (r + 1) * round_size], args.batch)
+                    for r in range(args.rounds)
+                ]
+            )
             if profiler:
                 profiler.disable()
             handler._forwarder = real_forwarder  # noqa: SLF001
@@ -163,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--kind", choices=["plivo", "telnyx"], default="plivo")
     parser.add_argument("--batch", type=int, default=32, help="requests in flight together")
+    parser.add_argument("--rounds", type=int, default=5, help="the handler figure is the best of this many rounds")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--gc-freeze", action="store_true", help="gc.freeze() once warm, as the app does at start")
     parser.add_argument("--log-level", default="INFO", help="level of the root logger (gateway serve: INFO)")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
     args = parser.parse_args(argv)

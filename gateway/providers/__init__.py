@@ -12,6 +12,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+from urllib.parse import quote
 
 from gateway.inbound import InboundRequest
 
@@ -89,3 +90,12 @@ class Verifier(Protocol):
     def verify(self, inbound: InboundRequest, creds: PhoneCredentials, now: float) -> Verified:
         """Return Verified, or raise Rejected(reason). Never raise anything else."""
         ...
+
+
+# Characters urllib's quote() never escapes: a part made only of them is its own quoting.
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
+
+
+def quote_part(part: str) -> str:
+    """`urllib.parse.quote(part, safe="")`, without the call for the usual ids and statuses."""
+    return part if _UNRESERVED.issuperset(part) else quote(part, safe="")

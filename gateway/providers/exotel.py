@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 from gateway.errors import Reason, Rejected
 from gateway.inbound import InboundRequest
-from gateway.providers import KeyKind, PhoneCredentials, Verified
+from gateway.providers import KeyKind, PhoneCredentials, Verified, quote_part
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -154,4 +154,4 @@ def idempotency_key(inbound: InboundRequest, kind: str) -> str | None:
             f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in sorted(params.items()) if k != "token"
         )
         status = "passthru-" + hashlib.blake2b(canonical.encode(), digest_size=12).hexdigest()
-    return ":".join(quote(part, safe="") for part in (kind, call_sid, status))
+    return ":".join([quote_part(part) for part in (kind, call_sid, status)])

@@ -16,11 +16,11 @@ import functools
 import hmac
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from urllib.parse import quote, urlparse, urlunparse
+from urllib.parse import urlparse, urlunparse
 
 from gateway.errors import Reason, Rejected
 from gateway.inbound import InboundRequest, parse_pairs
-from gateway.providers import KeyKind, PhoneCredentials, Provider, Verified
+from gateway.providers import KeyKind, PhoneCredentials, Provider, Verified, quote_part
 
 Pairs = Sequence[tuple[str, str]]
 Params = Mapping[str, str] | Iterable[tuple[str, str]]
@@ -62,8 +62,12 @@ _SEVERITY = {Reason.MISSING_SIGNATURE: 0, Reason.MALFORMED_SIGNATURE: 1, Reason.
 # --- the string to sign (pure, shared by the verifier, `sign_v3`, the CLI and load tests) ---
 
 
-@functools.lru_cache(maxsize=1024)  # a phone's callback URL repeats on every request
 def _sdk_base_url(url_without_query: str) -> str:
+    # A phone's callback URL repeats on every request: remembered, short URLs only (bounded memory).
+    return _cached_base_url(url_without_query) if len(url_without_query) <= 512 else _parse_base_url(url_without_query)
+
+
+def _parse_base_url(url_without_query: str) -> str:
     # The SDK rebuilds scheme://netloc/path from urlparse(): the scheme is lower-cased and
     # ";params" of the last path segment (and any "#fragment") are dropped. The path is
     # kept as given, never percent-decoded.
@@ -72,6 +76,9 @@ def _sdk_base_url(url_without_query: str) -> str:
     except ValueError:  # e.g. "Host: [" ("Invalid IPv6 URL"): the SDK raises too
         raise Rejected(Reason.MALFORMED_REQUEST, "URL cannot be parsed") from None
     return urlunparse((parsed.scheme, parsed.netloc, parsed.path, "", "", ""))
+
+
+_cached_base_url = functools.lru_cache(maxsize=1024)(_parse_base_url)
 
 
 # The SDK groups values by name (parse_qs), sorts the names, then each name's values. Sorting
@@ -258,4 +265,4 @@ def idempotency_key(inbound: InboundRequest, kind: str) -> str | None:
     event = params.get("Event")
     if event:
         parts.append(event)
-    return ":".join(quote(part, safe="") for part in parts)
+    return ":".join([quote_part(part) for part in parts])

@@ -16,13 +16,13 @@ import base64
 import hashlib
 import hmac
 from collections.abc import Iterable, Mapping, Sequence
-from urllib.parse import ParseResult, quote, urlparse
+from urllib.parse import ParseResult, urlparse
 
 import orjson
 
 from gateway.errors import Reason, Rejected
 from gateway.inbound import InboundRequest
-from gateway.providers import KeyKind, PhoneCredentials, Verified
+from gateway.providers import KeyKind, PhoneCredentials, Verified, quote_part
 
 SIGNATURE_HEADER = "x-twilio-signature"
 SETTINGS_HEADER = "x-twilio-webhooks-signature-settings"
@@ -197,4 +197,4 @@ def idempotency_key(inbound: InboundRequest, kind: str) -> str | None:
         return None
     status = params.get("CallStatus")
     parts = (kind, call_sid, status if isinstance(status, str) else "")
-    return ":".join(quote(part, safe="") for part in parts)
+    return ":".join([quote_part(part) for part in parts])
