@@ -28,7 +28,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from string import Template
 from typing import Any
-from xml.sax.saxutils import escape
 
 import orjson
 
@@ -77,9 +76,16 @@ class Answer:
 EMPTY = Answer(200, b"", TEXT)
 
 
+_XML_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&apos;"})
+
+
 def xml_escape(value: str) -> str:
     """Safe in XML text and in single- or double-quoted attributes."""
-    return escape(value, {'"': "&quot;", "'": "&apos;"})
+    return value.translate(_XML_ESCAPES)
+
+
+def _verbatim(value: str) -> str:
+    return value
 
 
 def json_escape(value: str) -> str:
@@ -89,22 +95,50 @@ def json_escape(value: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Compiled:
-    template: Template
+    parts: tuple[tuple[bool, str], ...]  # (is_variable, variable name or literal text)
     escape: Callable[[str], str]
     content_type: bytes
-    names: frozenset[str]
+    names: frozenset[str]  # every $identifier, known or not
+    empty: bool
+
+    def render(self, values: dict[str, str]) -> bytes:
+        """Template.safe_substitute() semantics, without a regex per answer."""
+        return "".join(values[text] if variable else text for variable, text in self.parts).encode("utf-8")
+
+
+def _parts(text: str) -> tuple[tuple[bool, str], ...]:
+    """Split once into literals and known variables; unknown `$names` and stray `$` stay as written."""
+    parts: list[tuple[bool, str]] = []
+    literal: list[str] = []
+    position = 0
+    for match in Template.pattern.finditer(text):
+        literal.append(text[position : match.start()])
+        position = match.end()
+        name = match.group("named") or match.group("braced")
+        if match.group("escaped") is not None:
+            literal.append("$")
+        elif name in VARIABLES:
+            parts.append((False, "".join(literal)))
+            literal = []
+            parts.append((True, name))
+        else:
+            literal.append(match.group(0))
+    literal.append(text[position:])
+    parts.append((False, "".join(literal)))
+    return tuple(part for part in parts if part[0] or part[1])
 
 
 def compile_template(text: str, *, xml: bool) -> Compiled:
     """XML templates (Plivo/Vobiz/Twilio) always; Exotel's by their first character."""
-    template = Template(text)
-    names = frozenset(template.get_identifiers())
+    names = frozenset(Template(text).get_identifiers())
     head = text.lstrip()[:1]
     if xml or head == "<":
-        return Compiled(template, xml_escape, XML, names)
-    if head in ("{", "["):
-        return Compiled(template, json_escape, JSON, names)
-    return Compiled(template, str, TEXT, names)
+        escape, content_type = xml_escape, XML
+    elif head in ("{", "["):
+        escape, content_type = json_escape, JSON
+    else:
+        escape, content_type = _verbatim, TEXT
+    return Compiled(_parts(text), escape, content_type, names, not text)
 
 
 def template_warnings(name: str, compiled: Compiled, has_capability_key: bool) -> list[str]:
@@ -207,7 +241,7 @@ class Answerer:
             compiled = self._phone_template(phone_template, xml=provider is not Provider.EXOTEL)
         else:
             compiled = self._templates[provider]
-        if provider is Provider.EXOTEL and not compiled.names and not compiled.template.template:
+        if compiled.empty:
             return EMPTY
         return self._render(compiled, 200, creds, inbound, now, hold_round=0)
 
@@ -245,8 +279,7 @@ class Answerer:
             values["answer_url"] = esc(hold_url(inbound, hold_round + 1))
         if "method" in names:
             values["method"] = inbound.method
-        body = compiled.template.safe_substitute(values).encode("utf-8")
-        return Answer(status, body, compiled.content_type)
+        return Answer(status, compiled.render(values), compiled.content_type)
 
     # ---- proxy ------------------------------------------------------------
 

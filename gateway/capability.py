@@ -60,7 +60,7 @@ def decode_key(key: str | bytes) -> bytes:
 
 def _mac(key: bytes, expiry: int, phone_id: str, call_id: str) -> str:
     message = f"{VERSION}\n{expiry}\n{phone_id}\n{call_id}".encode()
-    digest = hmac.new(key, message, hashlib.sha256).digest()
+    digest = hmac.digest(key, message, hashlib.sha256)
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 

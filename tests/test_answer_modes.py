@@ -553,3 +553,33 @@ def test_httpx_is_a_main_dependency() -> None:
     project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     assert "httpx>=0.27" in project["dependencies"]  # the gateway itself imports it (gateway/dispatch.py)
     assert httpx.__version__
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "plain",
+        "$call_id",
+        "a$call_id$phone_id b",
+        "${call_id}x ${phone_id}",
+        "$$call_id costs $$5",
+        "$unknown and ${unknown} stay",
+        "$ alone, $1 digit, trailing $",
+        "<R a='$call_id' b=\"$phone_id\">$stream_token$method$answer_url</R>",
+    ],
+)
+def test_compiled_templates_render_like_safe_substitute(text: str) -> None:
+    from string import Template
+
+    from gateway.answers import compile_template
+
+    values = {
+        "call_id": "c<&>1",
+        "phone_id": "p1",
+        "stream_token": "v1.1.x",
+        "method": "POST",
+        "answer_url": "https://h.example.com/?a=1",
+    }
+    compiled = compile_template(text, xml=False)
+    assert compiled.render(values).decode() == Template(text).safe_substitute(values)
