@@ -10,6 +10,7 @@ new master does not have; the gateway moves to the new master by itself.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -259,6 +260,40 @@ def test_cluster_invalidation_published_on_any_node_reaches_the_subscriber(
             with node.client() as direct:
                 direct.publish(NAMES.changes_channel, message)
         wait_for(lambda: send_as_carrier(gw, plivo_request(token, phone_id)).status_code == 403, 2.0, "invalidation")
+
+
+@needs_server
+def test_cluster_consumer_acks_claims_and_dead_letters_across_slots(
+    cluster: LocalCluster, cluster_client: SyncRedisCluster
+) -> None:
+    """The stream and its dead-letter stream live in different slots: each command stays single-key."""
+    from gateway.consumer import Consumer, Delivery
+    from gateway.redis_client import connect
+
+    assert slot(STREAM) != slot(NAMES.dead_letter)
+    good = cluster_client.xadd(STREAM, {"event": orjson.dumps({"id": "1", "idempotency_key": None})})
+    bad = cluster_client.xadd(STREAM, {"event": orjson.dumps({"id": "2", "idempotency_key": None})})
+    seen: list[str] = []
+
+    async def handler(delivery: Delivery) -> None:
+        seen.append(delivery.entry_id)
+        if delivery.event["id"] == "2":
+            raise RuntimeError("no")
+
+    async def rounds() -> None:
+        client = connect(cluster_settings(cluster))
+        try:
+            worker = Consumer(client, STREAM, "g", "c1", handler, max_deliveries=2, claim_idle_ms=0, block_ms=0)
+            for _ in range(3):
+                await worker.run_once()
+        finally:
+            await client.aclose()
+
+    asyncio.run(rounds())
+    assert seen == [good.decode(), bad.decode(), bad.decode()]
+    assert cluster_client.xpending(STREAM, "g")["pending"] == 0
+    ((_, fields),) = cluster_client.xrange(NAMES.dead_letter)
+    assert fields[b"entry_id"] == bad and fields[b"reason"] == b"handler_failed"
 
 
 # ---- Sentinel -------------------------------------------------------------------------------------
