@@ -146,7 +146,7 @@ def _shown(value: str) -> str:
     if len(value) <= _MAX_SHOWN and value.isascii() and value.isprintable():
         return value
     cleaned = "".join(ch if " " <= ch <= "~" else "?" for ch in value)
-    return cleaned if len(cleaned) <= _MAX_SHOWN else cleaned[: _MAX_SHOWN - 1] + "…"
+    return cleaned if len(cleaned) <= _MAX_SHOWN else cleaned[: _MAX_SHOWN - 3] + "..."
 
 
 def _first(value: str | None) -> str:
@@ -174,7 +174,7 @@ def split_netloc(netloc: str) -> tuple[str, str]:
 
 def _toggle_port(netloc: str, scheme: str) -> str | None:
     """The netloc with an explicit default port removed, or with the scheme's default added."""
-    host, port = split_netloc(netloc)
+    _host, port = split_netloc(netloc)
     if port:
         return netloc.rsplit(":", 1)[0] if port in _DEFAULT_PORTS.values() else None
     default = _DEFAULT_PORTS.get(scheme)
@@ -454,9 +454,9 @@ class _Bucket:
 class MismatchExplainer:
     """Called by the webhook handler after a well-formed signature of a known phone failed.
 
-    Bounded in CPU: diagnoses share a budget of `cpu_share` seconds per second (1% of a
-    core by default, with a burst of `cpu_burst_s`), and one diagnosis starts no new
-    variant after `max_diagnosis_s` nor beyond `max_variants`. Past the budget, failures
+    Bounded in CPU: diagnoses share a budget of `cpu_share` CPU seconds per second (1% of
+    a core by default, with a burst of `cpu_burst_s`), and one diagnosis starts no new
+    variant after `max_diagnosis_s` of CPU time nor beyond `max_variants`. Past the budget, failures
     are answered as usual and simply not diagnosed. Counts the matching variant's labels
     in `gateway_signature_mismatch_total` and logs one WARNING per phone and mismatch per
     `log_interval_s` (and at most `log_rate_per_s` overall), never a secret.
@@ -476,7 +476,7 @@ class MismatchExplainer:
         log_burst: float = 30.0,
         max_log_keys: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
-        timer: Callable[[], float] = time.perf_counter,
+        timer: Callable[[], float] = time.thread_time,  # CPU time: waiting for the CPU costs no budget
     ) -> None:
         self._public_base = public_base
         self._max_variants = max_variants

@@ -405,6 +405,12 @@ def test_explainer_skips_carriers_that_do_not_sign_the_url() -> None:
 @pytest.fixture(scope="module")
 def gw(redis_server: str) -> Iterator[RunningGateway]:
     with run_gateway(make_settings(redis_server)) as running:
+        assert running.app.components is not None
+        handler = running.app.components.webhooks
+        assert isinstance(handler._explain, MismatchExplainer)  # wired by default
+        # The same explainer with time budgets no test can exhaust: these tests check what is
+        # diagnosed, not how fast (the budgets have their own tests above, on a fake timer).
+        handler._explain = MismatchExplainer(max_diagnosis_s=60.0, cpu_burst_s=600.0)
         yield running
 
 
