@@ -335,7 +335,7 @@ def test_get_passthru_and_post_status(gateway: Gateway, phone: tuple[str, str], 
     incoming, completed = assert_stream_holds(redis_sync, [passthru, status])
     assert incoming["kind"] == "incoming" and incoming["method"] == "GET"
     assert incoming["params"]["CallSid"] == call_sid and incoming["params"]["CallFrom"] == "09876543210"
-    assert incoming["idempotency_key"].startswith(f"incoming:{call_sid}:passthru-")  # no status: params digest
+    assert incoming["idempotency_key"].startswith(f"incoming:{call_sid}:p-")  # no status: params digest
     assert completed["kind"] == "status" and completed["method"] == "POST"
     assert completed["idempotency_key"] == f"status:{call_sid}:completed"
 

@@ -9,6 +9,7 @@ folded into a reason, never an unexpected exception.
 from __future__ import annotations
 
 import enum
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -99,3 +100,15 @@ _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 def quote_part(part: str) -> str:
     """`urllib.parse.quote(part, safe="")`, without the call for the usual ids and statuses."""
     return part if _UNRESERVED.issuperset(part) else quote(part, safe="")
+
+
+def params_digest(params: Mapping[str, object], exclude: frozenset[str] = frozenset()) -> str:
+    """A short digest of every parameter: identity for callbacks that carry no status.
+
+    A carrier's retry of the same callback has the same parameters (a duplicate); the
+    next callback of the call (a second recording, the next applet) does not.
+    """
+    canonical = "&".join(
+        f"{quote_part(name)}={quote_part(str(value))}" for name, value in sorted(params.items()) if name not in exclude
+    )
+    return "p-" + hashlib.blake2b(canonical.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()

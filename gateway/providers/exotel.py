@@ -9,17 +9,15 @@ EXOTEL_ALLOWED_IPS) and everything fails closed: an empty allowlist rejects ever
 from __future__ import annotations
 
 import datetime
-import hashlib
 import hmac
 import ipaddress
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from urllib.parse import quote
 
 from gateway.errors import Reason, Rejected
 from gateway.inbound import InboundRequest
-from gateway.providers import KeyKind, PhoneCredentials, Verified, quote_part
+from gateway.providers import KeyKind, PhoneCredentials, Verified, params_digest, quote_part
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -137,6 +135,9 @@ class ExotelVerifier:
         raise Rejected(Reason.INVALID_TOKEN)
 
 
+_SECRET_PARAMS = frozenset({"token"})  # Exotel's per-phone URL token never enters a key
+
+
 def idempotency_key(inbound: InboundRequest, kind: str) -> str | None:
     """`kind:CallSid:Status` (Status, or CallStatus; percent-quoted), or None without a CallSid.
 
@@ -148,10 +149,5 @@ def idempotency_key(inbound: InboundRequest, kind: str) -> str | None:
     call_sid = params.get("CallSid")
     if not call_sid:
         return None
-    status = params.get("Status") or params.get("CallStatus")
-    if not status:
-        canonical = "&".join(
-            f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in sorted(params.items()) if k != "token"
-        )
-        status = "passthru-" + hashlib.blake2b(canonical.encode(), digest_size=12).hexdigest()
+    status = params.get("Status") or params.get("CallStatus") or params_digest(params, exclude=_SECRET_PARAMS)
     return ":".join([quote_part(part) for part in (kind, call_sid, status)])

@@ -20,7 +20,7 @@ from urllib.parse import urlparse, urlunparse
 
 from gateway.errors import Reason, Rejected
 from gateway.inbound import InboundRequest, parse_pairs
-from gateway.providers import KeyKind, PhoneCredentials, Provider, Verified, quote_part
+from gateway.providers import KeyKind, PhoneCredentials, Provider, Verified, params_digest, quote_part
 
 Pairs = Sequence[tuple[str, str]]
 Params = Mapping[str, str] | Iterable[tuple[str, str]]
@@ -261,7 +261,8 @@ def idempotency_key(inbound: InboundRequest, kind: str) -> str | None:
     call_uuid = params.get("CallUUID")
     if not call_uuid:
         return None
-    parts = [kind, call_uuid, params.get("CallStatus", "")]
+    # Recording and other callbacks without CallStatus: identify them by all their parameters.
+    parts = [kind, call_uuid, params.get("CallStatus") or params_digest(params)]
     event = params.get("Event")
     if event:
         parts.append(event)

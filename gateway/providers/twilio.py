@@ -22,7 +22,7 @@ import orjson
 
 from gateway.errors import Reason, Rejected
 from gateway.inbound import InboundRequest
-from gateway.providers import KeyKind, PhoneCredentials, Verified, quote_part
+from gateway.providers import KeyKind, PhoneCredentials, Verified, params_digest, quote_part
 
 SIGNATURE_HEADER = "x-twilio-signature"
 SETTINGS_HEADER = "x-twilio-webhooks-signature-settings"
@@ -196,5 +196,11 @@ def idempotency_key(inbound: InboundRequest, kind: str) -> str | None:
     if not isinstance(call_sid, str) or not call_sid:
         return None
     status = params.get("CallStatus")
-    parts = (kind, call_sid, status if isinstance(status, str) else "")
+    if not isinstance(status, str) or not status:
+        # Recording/transcription callbacks carry no CallStatus; a call can send several.
+        status = params_digest(params)
+    parts = [kind, call_sid, status]
+    sequence = params.get("SequenceNumber")  # status callbacks number their events; a retry repeats it
+    if isinstance(sequence, str) and sequence:
+        parts.append(sequence)
     return ":".join([quote_part(part) for part in parts])

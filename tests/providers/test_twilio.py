@@ -357,4 +357,22 @@ class TestIdempotencyKey:
         assert idempotency_key(request, "status") is None
 
     def test_query(self) -> None:
-        assert idempotency_key(inbound(URL + "?CallSid=CA9", method="GET"), "incoming") == "incoming:CA9:"
+        key_ = idempotency_key(inbound(URL + "?CallSid=CA9&CallStatus=ringing", method="GET"), "incoming")
+        assert key_ == "incoming:CA9:ringing"
+
+    def test_callbacks_without_status_are_told_apart_by_their_parameters(self) -> None:
+        def key_for(query: str) -> str | None:
+            return idempotency_key(inbound(URL + "?" + query, method="GET"), "status")
+
+        first = key_for("CallSid=CA9&RecordingSid=RE1")
+        assert first is not None and first.startswith("status:CA9:p-")
+        assert first == key_for("CallSid=CA9&RecordingSid=RE1")  # the carrier's retry: a duplicate
+        assert first != key_for("CallSid=CA9&RecordingSid=RE2")  # the call's second recording: not
+
+    def test_sequence_number_separates_status_events(self) -> None:
+        def key_for(query: str) -> str | None:
+            return idempotency_key(inbound(URL + "?" + query, method="GET"), "status")
+
+        assert key_for("CallSid=CA9&CallStatus=in-progress&SequenceNumber=1") != key_for(
+            "CallSid=CA9&CallStatus=in-progress&SequenceNumber=2"
+        )

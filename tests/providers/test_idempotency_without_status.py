@@ -42,3 +42,24 @@ def test_token_does_not_enter_the_key() -> None:
 
 def test_no_call_sid_no_key() -> None:
     assert exotel.idempotency_key(request("Status=busy"), "status") is None
+
+
+def test_plivo_callbacks_without_status_are_told_apart() -> None:
+    from gateway.providers import plivo
+
+    def key_for(query: str) -> str | None:
+        inbound = InboundRequest(
+            method="GET",
+            scheme="https",
+            netloc="hooks.example.com",
+            raw_path="/plivo/status/ph_1",
+            query_string=query,
+            headers={},
+            body=b"",
+            client_ip="198.51.100.20",
+        )
+        return plivo.idempotency_key(inbound, "status")
+
+    first = key_for("CallUUID=u1&RecordUrl=https%3A%2F%2Fexample.com%2Fr1")
+    assert first == key_for("CallUUID=u1&RecordUrl=https%3A%2F%2Fexample.com%2Fr1")
+    assert first != key_for("CallUUID=u1&RecordUrl=https%3A%2F%2Fexample.com%2Fr2")
