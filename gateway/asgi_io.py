@@ -55,6 +55,9 @@ async def read_body(receive: Receive, content_length: int | None, limit: int) ->
     return b"".join(chunks)
 
 
+_NO_BODY = (b"content-length", b"0")
+
+
 async def respond(
     send: Send,
     status: int,
@@ -62,7 +65,8 @@ async def respond(
     content_type: bytes = b"text/plain; charset=utf-8",
     extra_headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
-    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    # An empty body (every status callback's 200) has no type: one header less for the server to check.
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())] if body else [_NO_BODY]
     if extra_headers:
         headers.extend(extra_headers)
     await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -50,6 +50,18 @@ def parse_pairs(text: str) -> list[tuple[str, str]]:
         return []
     if text.count("&") >= MAX_FORM_FIELDS:  # parse_qsl: 1 + count("&") > max_num_fields
         raise Rejected(Reason.MALFORMED_REQUEST, "ValueError")
+    if "%" not in text or ("%26" not in text and "%3D" not in text and "%3d" not in text):
+        # No escaped "&" or "=": decoding the whole text first leaves every "&" and "=" where
+        # it was, and gives each name and value what decoding it alone would (an escape cannot
+        # span an "&" or "=", and neither byte can continue a UTF-8 sequence). One pass.
+        if "+" in text:
+            text = text.replace("+", " ")
+        if "%" in text:
+            try:
+                text = _unquote(text)
+            except UnicodeDecodeError:  # invalid UTF-8 escapes
+                raise Rejected(Reason.MALFORMED_REQUEST, "UnicodeDecodeError") from None
+        return [(name, value) for name, _, value in [part.partition("=") for part in text.split("&") if part]]
     pairs: list[tuple[str, str]] = []
     append = pairs.append
     try:
@@ -65,6 +77,16 @@ def parse_pairs(text: str) -> list[tuple[str, str]]:
     except UnicodeDecodeError:  # invalid UTF-8 escapes
         raise Rejected(Reason.MALFORMED_REQUEST, "UnicodeDecodeError") from None
     return pairs
+
+
+def _first_values(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    """name -> its first value, names in the order first seen."""
+    values = dict(pairs)  # each name where first seen, but with its last value
+    if len(values) != len(pairs):  # a repeated name (rare): first value wins
+        values = {}
+        for name, value in pairs:
+            values.setdefault(name, value)
+    return values
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,8 +126,11 @@ class InboundRequest:
     @property
     def content_type(self) -> str:
         """Media type without parameters, lower case ("" when absent)."""
-        raw = self.headers.get("content-type", "")
-        return raw.split(";", 1)[0].strip().lower()
+        cached = self._cache.get("content_type")
+        if cached is None:
+            raw = self.headers.get("content-type", "")
+            cached = self._cache["content_type"] = raw.split(";", 1)[0].strip().lower()
+        return cached  # type: ignore[return-value]
 
     @property
     def is_form(self) -> bool:
@@ -142,12 +167,7 @@ class InboundRequest:
         """
         cached = self._cache.get("params")
         if cached is None:
-            merged: dict[str, str] = {}
-            for name, value in self.query_params():
-                merged.setdefault(name, value)
-            form: dict[str, str] = {}
-            for name, value in self.form_params():
-                form.setdefault(name, value)
-            merged.update(form)
+            merged = _first_values(self.query_params())
+            merged.update(_first_values(self.form_params()))
             cached = self._cache["params"] = merged
         return cached  # type: ignore[return-value]
