@@ -156,7 +156,14 @@ async def send(client: httpx.AsyncClient, base_url: str, request: dict[str, Any]
     return str(response.status_code)
 
 
-async def drive(requests: list[tuple[str, dict[str, Any]]], base_url: str, tally: Tally, concurrency: int = 64) -> None:
+async def drive(
+    requests: list[tuple[str, dict[str, Any]]],
+    base_url: str,
+    tally: Tally,
+    concurrency: int = 64,
+    milestone: tuple[int, asyncio.Event] | None = None,
+) -> None:
+    """Send each request once; `milestone` (n, event): set the event once n have been answered."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     gate = asyncio.Semaphore(concurrency)
     async with httpx.AsyncClient(limits=limits, timeout=15) as client:
@@ -164,6 +171,8 @@ async def drive(requests: list[tuple[str, dict[str, Any]]], base_url: str, tally
         async def one(ident: str, request: dict[str, Any]) -> None:
             async with gate:
                 tally.first[ident] = await send(client, base_url, request)
+            if milestone is not None and len(tally.first) >= milestone[0]:
+                milestone[1].set()
 
         await asyncio.gather(*(one(ident, request) for ident, request in requests))
 
@@ -283,13 +292,14 @@ def test_no_loss_no_duplicates_when_the_gateway_is_terminated(durable_redis: Emb
         register(old.base_url, fleet)
 
         async def run() -> None:
+            third = asyncio.Event()  # a third answered: well into the load
+
             async def terminate_soon() -> None:
-                while len(tally.first) < REQUESTS // 3:  # a third answered: well into the load
-                    await asyncio.sleep(0.01)
+                await third.wait()
                 old.process.send_signal(signal.SIGTERM)
 
             killer = asyncio.create_task(terminate_soon())
-            await drive(requests, old.base_url, tally)
+            await drive(requests, old.base_url, tally, milestone=(REQUESTS // 3, third))
             await killer
 
         asyncio.run(run())
