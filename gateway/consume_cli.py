@@ -25,8 +25,6 @@ import sys
 from typing import Any
 from urllib.parse import urlsplit
 
-import redis.exceptions as rx
-
 from gateway import consumer as consumer_mod
 from gateway.settings import Settings, SettingsError, from_env
 
@@ -92,7 +90,7 @@ async def _consume(args: argparse.Namespace, settings: Settings) -> int:
         if args.once:
             try:
                 handled = await worker.run_once()
-            except (rx.ConnectionError, rx.TimeoutError, OSError) as exc:
+            except consumer_mod.TRANSIENT as exc:
                 sys.stderr.write(f"gateway consume: redis unavailable ({type(exc).__name__})\n")
                 return 3
             log.info("handled %d entries", handled)

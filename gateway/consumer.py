@@ -47,6 +47,18 @@ from gateway.dispatch import signed_headers, webhook_id
 
 log = logging.getLogger("gateway.consumer")
 
+# Outages a consumer waits out (a demoted master, a re-forming cluster) rather than dying of.
+TRANSIENT = (
+    TimeoutError,
+    OSError,
+    rx.ConnectionError,
+    rx.TimeoutError,
+    rx.ReadOnlyError,
+    rx.ClusterDownError,
+    rx.TryAgainError,
+    rx.SlotNotCoveredError,
+)
+
 DEFAULT_MAX_DELIVERIES = 5
 DEFAULT_CLAIM_IDLE_MS = 60_000
 DEFAULT_BATCH = 32
@@ -129,7 +141,7 @@ class Consumer:
         while not self._stopping.is_set():
             try:
                 await self.run_once()
-            except (TimeoutError, rx.ConnectionError, rx.TimeoutError, OSError) as exc:
+            except TRANSIENT as exc:
                 log.warning("redis unavailable (%s); retrying", type(exc).__name__)
                 self._group_ready = False
                 with contextlib.suppress(TimeoutError):

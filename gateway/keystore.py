@@ -37,6 +37,10 @@ REDIS_FAILURES = (
     rx.OutOfMemoryError,
     OSError,
     asyncio.TimeoutError,
+    # Redis Cluster: no node has the slot yet / the cluster is re-forming (not connection errors in redis-py)
+    rx.ClusterDownError,
+    rx.TryAgainError,
+    rx.SlotNotCoveredError,
 )
 
 

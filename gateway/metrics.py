@@ -185,6 +185,8 @@ def redis_error_class(exc: BaseException) -> str:
         return "not_replicated"
     if isinstance(exc, rx.ReadOnlyError):
         return "readonly"
+    if isinstance(exc, rx.ClusterDownError | rx.TryAgainError | rx.SlotNotCoveredError):
+        return "cluster_down"
     if isinstance(exc, rx.OutOfMemoryError):
         return "oom"
     if isinstance(exc, rx.BusyLoadingError):

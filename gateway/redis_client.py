@@ -41,6 +41,7 @@ from redis.asyncio.connection import SSLConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool, SentinelManagedConnection
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException
 
 if TYPE_CHECKING:
     from gateway.settings import Settings
@@ -305,6 +306,26 @@ def _sentinel(settings: Settings, target: str) -> Redis:
     return client
 
 
+# ---- Cluster ---------------------------------------------------------------------------
+
+
+class ClusterUnavailable(rx.ConnectionError):
+    """No node of the Redis Cluster could be reached or mapped.
+
+    redis-py raises RedisClusterException there, which is not a RedisError: the
+    gateway's outage handling (503 + Retry-After) did not recognise it and answered 500.
+    """
+
+
+class GatewayRedisCluster(RedisCluster):
+    async def initialize(self, *args: Any, **kwargs: Any) -> GatewayRedisCluster:
+        try:
+            await super().initialize(*args, **kwargs)
+        except RedisClusterException as exc:
+            raise ClusterUnavailable("Redis Cluster unreachable") from exc
+        return self
+
+
 # ---- entry point ----------------------------------------------------------------------
 
 
@@ -318,7 +339,7 @@ def connect(settings: Settings, url: str | None = None) -> Redis:
         return _sentinel(settings, target)
     if settings.redis_cluster:
         first, seeds = _cluster_seeds(target)
-        cluster: Any = RedisCluster.from_url(
+        cluster: Any = GatewayRedisCluster.from_url(
             first,
             startup_nodes=[ClusterNode(host, port) for host, port in seeds[1:]],
             socket_timeout=settings.redis_timeout_s,

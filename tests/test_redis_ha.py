@@ -263,6 +263,37 @@ def test_cluster_invalidation_published_on_any_node_reaches_the_subscriber(
 
 
 @needs_server
+def test_cluster_down_is_503_not_500_and_the_gateway_recovers() -> None:
+    """redis-py raises RedisClusterException (not a RedisError) when no node answers: still an outage."""
+    own = LocalCluster(masters=3).start()
+    try:
+        with run_gateway(cluster_settings(own, GATEWAY_CACHE_TTL_S="0", GATEWAY_NEGATIVE_CACHE_TTL_S="0")) as gw:
+            token, phone_id = new_token(), random_id()
+            gw.put_phone(plivo_phone(phone_id, token))
+            assert send_as_carrier(gw, plivo_request(token, phone_id)).status_code == 200
+            for node in own.nodes:
+                node.stop(kill=True)
+            request = plivo_request(token, phone_id)
+            response = send_as_carrier(gw, request)
+            assert response.status_code == 503 and response.headers["retry-after"] == "1"
+            assert gw.admin("GET", f"/admin/phones/{phone_id}").status_code == 503
+            assert gw.client.get("/readyz").status_code == 503
+            with Carrier(gw, token, phone_id) as carrier:
+                for node in own.nodes:
+                    node.start()  # same ports and nodes.conf: the cluster re-forms (its data is gone: no persistence)
+                wait_for(lambda: gw.client.get("/readyz").status_code == 200, 20, "the cluster to come back")
+            # While it re-formed (CLUSTERDOWN): 503, never 500; then 403, the phone's record being lost.
+            assert {status for _, status in carrier.answers} <= {503, 403}
+            assert carrier.count(503) > 0
+            gw.put_phone(plivo_phone(phone_id, token))  # the operator restores the lost record
+            assert send_as_carrier(gw, request).status_code == 200  # the carrier's retry
+            with SyncRedisCluster.from_url(own.url) as direct:
+                assert calls_in(direct).count(call_of(request)) == 1
+    finally:
+        own.cleanup()
+
+
+@needs_server
 def test_cluster_consumer_acks_claims_and_dead_letters_across_slots(
     cluster: LocalCluster, cluster_client: SyncRedisCluster
 ) -> None:
