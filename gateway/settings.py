@@ -170,9 +170,10 @@ def parse_key32(name: str, raw: str) -> bytes:
             candidates.append(bytes.fromhex(text))
         except ValueError:
             pass
-    for decoder in (base64.b64decode, base64.urlsafe_b64decode):
+    padded = text + "=" * (-len(text) % 4)
+    for alphabet in (None, b"-_"):  # standard, then url-safe; strictly (no ignored characters)
         try:
-            candidates.append(decoder(text + "=" * (-len(text) % 4)))
+            candidates.append(base64.b64decode(padded, altchars=alphabet, validate=True))
         except (binascii.Error, ValueError):
             pass
     for candidate in candidates:

@@ -51,6 +51,13 @@ def test_kek_required_and_validated() -> None:
     assert "c2hvcnQ" not in str(excinfo.value)  # never echo a secret
 
 
+def test_kek_with_trailing_garbage_is_refused() -> None:
+    with pytest.raises(SettingsError, match="GATEWAY_KEK"):
+        from_env({"GATEWAY_KEK": KEK + "!!"}, toml_path=None)
+    with pytest.raises(SettingsError, match="GATEWAY_KEK"):
+        from_env({"GATEWAY_KEK": KEK.rstrip("=") + " x"}, toml_path=None)
+
+
 def test_kek_accepts_hex_and_base64() -> None:
     assert from_env({"GATEWAY_KEK": "ab" * 32}, toml_path=None).kek
     assert from_env(BASE, toml_path=None).kek
