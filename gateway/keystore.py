@@ -253,12 +253,25 @@ class KeyStore:
             self._absent.clear()
             self._numbers.clear()
 
+    def _on_resubscribed(self, _connection: Any) -> None:
+        """redis-py re-established the subscription by itself (its one retry, or a Sentinel
+        failover moving every connection): notifications may have been missed meanwhile."""
+        self._epoch += 1
+        self._cache.clear()
+        self._absent.clear()
+        self._numbers.clear()
+        log.info("key change subscription re-established; caches cleared")
+
     async def _subscribe_forever(self) -> None:
         backoff = 0.1
         while True:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            connection: Any = None
             try:
                 await pubsub.subscribe(self._names.changes_channel)
+                connection = getattr(pubsub, "connection", None)
+                if connection is not None:  # a transparent reconnect must clear the caches too
+                    connection.register_connect_callback(self._on_resubscribed)
                 # Anything cached may have changed while we were not listening.
                 self._epoch += 1
                 self._cache.clear()
@@ -279,6 +292,8 @@ class KeyStore:
             finally:
                 self.subscribed.clear()
                 metrics.PUBSUB_CONNECTED.set(0)
+                if connection is not None:  # it goes back to the pool: plain commands from now on
+                    connection.deregister_connect_callback(self._on_resubscribed)
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
             await asyncio.sleep(backoff)

@@ -176,6 +176,13 @@ class LocalSentinel:
                 replica.args += ["--replicaof", "127.0.0.1", str(self.master.port)]
                 replica.start()
             _wait(self._replicas_linked, 10, "the replicas to sync")
+            # A replica gets the write stream only after its first REPLCONF ACK (up to 1 s after the
+            # sync); until then a promoted replica would come up empty. WAIT proves every one streams.
+            with self.master.client() as client:
+                client.set("topology:ready", "1")
+                acked = client.execute_command("WAIT", len(self.replicas), 10_000)
+            if int(acked) < len(self.replicas):
+                raise TimeoutError(f"only {acked} of {len(self.replicas)} replicas acknowledged a write")
             quorum = max(1, self._count // 2 + 1)
             for index in range(self._count):
                 conf = [

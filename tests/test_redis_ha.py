@@ -456,10 +456,14 @@ def test_sentinel_planned_failover_is_followed_at_once(sentinel: LocalSentinel) 
     master within a check interval and never answers anything but 200 or 503.
     """
     token, phone_id = new_token(), random_id()
-    with run_gateway(make_settings(sentinel.url)) as gw:
+    with (
+        run_gateway(make_settings(sentinel.url)) as gw,
+        run_gateway(make_settings(sentinel.url, GATEWAY_CACHE_TTL_S="60")) as peer,
+    ):
         gw.put_phone(plivo_phone(phone_id, token))
         with Carrier(gw, token, phone_id) as carrier:
             wait_for(lambda: carrier.count(200) >= 20, 10, "traffic before the failover")
+            assert send_as_carrier(peer, plivo_request(token, phone_id)).status_code == 200  # cached, 60 s
             old_master = sentinel.master
             new_master = sentinel.failover()
             assert new_master is not old_master
@@ -474,6 +478,10 @@ def test_sentinel_planned_failover_is_followed_at_once(sentinel: LocalSentinel) 
         check_writes_go_to(gw, new_master, token, phone_id)
         with old_master.client() as old:
             assert old.xlen(STREAM) == length  # nothing more went to the old master
+        # The peer's key-change subscription moved to the new master too: a delete reaches its cache.
+        wait_for(lambda: peer.app.components.keystore.subscribed.is_set(), 5, "the peer to resubscribe")
+        admin_ok(gw.admin("DELETE", f"/admin/phones/{phone_id}"))
+        wait_for(lambda: send_as_carrier(peer, plivo_request(token, phone_id)).status_code == 403, 2, "invalidation")
 
 
 @needs_server
