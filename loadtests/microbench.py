@@ -156,7 +156,12 @@ async def main_async(args: argparse.Namespace) -> None:
                     *(real_forwarder.forward(p, e, nonce=n, idempotency_key=k) for p, e, n, k in chunk)
                 )
             per_forward = (time.process_time() - start) / len(events)
-            per_full = await drive(handler, match_route, requests, args.batch)
+            per_full = min(
+                [
+                    await drive(handler, match_route, requests[r * round_size : (r + 1) * round_size], args.batch)
+                    for r in range(args.rounds)
+                ]
+            )
     finally:
         redis_server.cleanup()
     sys.stdout.write(
