@@ -174,6 +174,7 @@ class GatewayApp:
             await keystore.stop_invalidation()
             await redis.aclose()
             self.components = None
+            metrics.retire_process()
 
     # ---- routes -------------------------------------------------------------
 

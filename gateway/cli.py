@@ -244,6 +244,10 @@ def phones(args: argparse.Namespace) -> int:
                 sys.stderr.write(f"no such phone: {args.phone_id}\n")
                 return 1
             sys.stdout.write(f"deleted {args.phone_id}\n")
+        elif args.phones_command == "reseal":
+            report = await store.reseal()
+            _print_json(report)
+            return 1 if report["failed"] or report["raced"] else 0
         return 0
 
     try:
@@ -296,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = phones_sub.add_parser(name, help=text)
         p.add_argument("phone_id")
     phones_sub.add_parser("list", help="list phones (fingerprints only)")
+    phones_sub.add_parser(
+        "reseal", help="after a KEK rotation: re-seal every secret under GATEWAY_KEK (old KEKs in GATEWAY_KEK_PREVIOUS)"
+    )
     p_phones.set_defaults(func=phones)
 
     p_genkey = sub.add_parser("genkey", help="print a new random 32-byte key (for GATEWAY_KEK)")

@@ -177,6 +177,17 @@ def render() -> tuple[bytes, str]:
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 
+def retire_process() -> None:
+    """A stopping worker drops its live gauges, so a replaced worker's last values do not linger.
+
+    (Counters and histograms stay: their totals remain true after the worker is gone.)
+    """
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+
+
 def redis_error_class(exc: BaseException) -> str:
     """A fixed label for a Redis exception (never its message, which may echo data)."""
     import redis.exceptions as rx

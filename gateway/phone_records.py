@@ -282,3 +282,26 @@ def to_credentials(record: Mapping[str, Any], sealer: Sealer, now: float) -> Pho
         keys={kind: tuple(keys) for kind, keys in by_kind.items()},
         config=dict(record.get("config", {})),
     )
+
+
+def reseal_record(record: Mapping[str, Any], sealer: Sealer) -> dict[str, Any] | None:
+    """The record with every sealed value re-sealed under the current KEK, or None if none needed it.
+
+    Raises SealError when a value opens under no configured KEK (GATEWAY_KEK_PREVIOUS incomplete).
+    """
+    phone_id = record["phone_id"]
+    changed = False
+    keys = []
+    for entry in record.get("keys", []):
+        sealed = entry.get("sealed")
+        if sealed is not None and sealer.needs_reseal(sealed):
+            entry = {**entry, "sealed": sealer.seal(phone_id, sealer.open(phone_id, sealed))}
+            changed = True
+        keys.append(entry)
+    other: dict[str, str] = {}
+    for name, sealed in record.get("sealed", {}).items():
+        if sealer.needs_reseal(sealed):
+            sealed = sealer.seal(phone_id, sealer.open(phone_id, sealed))
+            changed = True
+        other[name] = sealed
+    return {**record, "keys": keys, "sealed": other} if changed else None

@@ -105,3 +105,27 @@ def test_serve_refuses_invalid_settings_naming_the_variable(redis_url: str) -> N
     assert result.returncode == STARTUP_FAILURE
     assert "GATEWAY_MAX_BODY_BYTES" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_kek_rotation_with_reseal(
+    cli_env: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rotate GATEWAY_KEK: old values open via GATEWAY_KEK_PREVIOUS, `phones reseal` moves them to the new KEK."""
+    from gateway.sealing import Sealer
+
+    old_kek, new_kek = b"o" * 32, b"n" * 32
+    monkeypatch.setenv("GATEWAY_KEK", base64.b64encode(old_kek).decode())
+    body = ["--provider", "plivo", "--credential", "auth_id=MA", "--credential", "auth_token=env:PLIVO_TOKEN"]
+    assert run(capsys, "phones", "put", "ph_rot", *body)[0] == 0
+
+    monkeypatch.setenv("GATEWAY_KEK", base64.b64encode(new_kek).decode())
+    assert run(capsys, "phones", "reseal")[0] == 1  # old KEK not configured: reported, left as it is
+    monkeypatch.setenv("GATEWAY_KEK_PREVIOUS", base64.b64encode(old_kek).decode())
+    code, out, _ = run(capsys, "phones", "reseal")
+    assert code == 0 and json.loads(out)["resealed"] == 1
+    code, out, _ = run(capsys, "phones", "reseal")
+    assert code == 0 and json.loads(out) == {"resealed": 0, "unchanged": 1, "failed": [], "raced": []}
+
+    record = json.loads(redis.Redis.from_url(cli_env).get("gateway:phone:ph_rot") or b"{}")
+    sealed = record["keys"][0]["sealed"]
+    assert Sealer(new_kek).open("ph_rot", sealed) == TOKEN  # the old KEK is no longer needed
