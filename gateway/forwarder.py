@@ -40,6 +40,7 @@ from redis.asyncio import Redis
 from gateway import metrics
 from gateway.calls import CallCheck
 from gateway.errors import NotReplicated, Unavailable
+from gateway.redis_client import OUTAGES
 from gateway.redis_keys import KeyNames
 
 log = logging.getLogger("gateway.forwarder")
@@ -158,19 +159,7 @@ return out
 """
 FORWARD_SHA = hashlib.sha1(FORWARD_SCRIPT.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
 
-REDIS_FAILURES = (
-    rx.ConnectionError,
-    rx.TimeoutError,
-    rx.ReadOnlyError,
-    rx.OutOfMemoryError,
-    OSError,
-    asyncio.TimeoutError,
-    # Redis Cluster: no node has the slot yet / the cluster is re-forming (not connection errors in redis-py)
-    rx.ClusterDownError,
-    rx.TryAgainError,
-    rx.SlotNotCoveredError,
-    NotReplicated,
-)
+REDIS_FAILURES = (*OUTAGES, NotReplicated)
 
 
 class Outcome(enum.StrEnum):

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-import redis.exceptions as rx
 from redis.asyncio import Redis
 
 from gateway import metrics
@@ -32,23 +31,13 @@ from gateway.phone_records import (
     validate_phone_id,
 )
 from gateway.providers import PhoneCredentials
+from gateway.redis_client import OUTAGES
 from gateway.redis_keys import KeyNames
 from gateway.sealing import Sealer, SealError
 
 log = logging.getLogger("gateway.keystore")
 
-REDIS_FAILURES = (
-    rx.ConnectionError,
-    rx.TimeoutError,
-    rx.ReadOnlyError,
-    rx.OutOfMemoryError,
-    OSError,
-    asyncio.TimeoutError,
-    # Redis Cluster: no node has the slot yet / the cluster is re-forming (not connection errors in redis-py)
-    rx.ClusterDownError,
-    rx.TryAgainError,
-    rx.SlotNotCoveredError,
-)
+REDIS_FAILURES = OUTAGES
 
 
 def _text(value: bytes | str) -> str:
