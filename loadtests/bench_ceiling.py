@@ -205,6 +205,8 @@ class Bench:
         with self.server("gateway") as gateway:
             self.register(gateway)
             runs["b"] = self.measure("(b) gateway Plivo V3", gateway, "plivo", ceiling, stream=GATEWAY_STREAM)
+            if args.quick:
+                return results
             runs["c"] = self.measure("(c) gateway Telnyx Ed25519", gateway, "telnyx", ceiling, stream=GATEWAY_STREAM)
         harness.register_naive_phones(self.redis.url, lt_phones.all_phones(16)["plivo"])
         with self.server("naive") as naive:
@@ -297,6 +299,11 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
             f"{run.rps / run.server_cpu:,.0f} | {run.wrk_cpu:.0%} | {run.redis_cpu:.0%} | {run.other_cpu:.0%} | "
             f"{'; '.join(run.checks) or 'ok'} |"
         )
+    if "c" not in runs:  # --quick
+        a, b = runs["a"], runs["b"]
+        per_cpu = (b.rps / b.server_cpu) / (a.rps / a.server_cpu)
+        ratio = f"b/a = {b.rps / a.rps:.1%}, per server CPU-second {per_cpu:.1%} (--quick: a and b only)"
+        return "\n".join([*lines, "", ratio])
     a, b, c, d = (runs[k].rps for k in "abcd")
     a_, b_, c_, d_ = (runs[k].rps / runs[k].server_cpu for k in "abcd")
     lines += [
@@ -375,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--max-other", type=float, default=0.15, help="cores other processes may use during a run (else repeat)"
     )
+    parser.add_argument("--quick", action="store_true", help="only (a) and (b): for iterating on the hot path")
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--skip-workers", action="store_true")
     parser.add_argument("--generator-check", action="store_true", help="also drive the bare app with 2 wrk threads")
