@@ -179,9 +179,17 @@ class Bench:
         self.say(f"{name}: {run.rps:,.0f} req/s p50 {run.p50_ms:.2f} ms p99 {run.p99_ms:.2f} ms {run.checks}")
         return run
 
-    def server(self, app: str, *, cpus: str = SERVER_CPU, workers: int = 1, env: dict[str, str] | None = None) -> Any:
+    def server(
+        self,
+        app: str,
+        *,
+        cpus: str = SERVER_CPU,
+        workers: int = 1,
+        env: dict[str, str] | None = None,
+        src: Path | None = None,
+    ) -> Any:
         log = self.log_dir / f"{app}-{workers}w.log"
-        src = self.args.gateway_src
+        src = src or self.args.gateway_src
         return harness.Server(app, env or self.env, cpus, workers=workers, log_path=log, src=src)
 
     def register(self, server: harness.Server) -> None:
@@ -208,6 +216,16 @@ class Bench:
             if args.quick:
                 return results
             runs["c"] = self.measure("(c) gateway Telnyx Ed25519", gateway, "telnyx", ceiling, stream=GATEWAY_STREAM)
+        if args.compare_src:  # the same two runs for another tree (e.g. before the optimisations), same ceiling
+            with self.server("gateway", src=args.compare_src) as other:
+                self.register(other)
+                name = args.compare_label
+                runs["b0"] = self.measure(
+                    f"(b) {name}: gateway Plivo V3", other, "plivo", ceiling, stream=GATEWAY_STREAM
+                )
+                runs["c0"] = self.measure(
+                    f"(c) {name}: gateway Telnyx Ed25519", other, "telnyx", ceiling, stream=GATEWAY_STREAM
+                )
         harness.register_naive_phones(self.redis.url, lt_phones.all_phones(16)["plivo"])
         with self.server("naive") as naive:
             runs["d"] = self.measure(
@@ -312,6 +330,14 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         f"per server CPU-second (what a dedicated core would do, robust to other load on the machine): "
         f"b/a = {b_ / a_:.1%}   c/a = {c_ / a_:.1%}   b/d = {b_ / d_:.1f}x",
     ]
+    if "b0" in runs:
+        b0, c0 = runs["b0"].rps, runs["c0"].rps
+        b0_, c0_ = (runs[k].rps / runs[k].server_cpu for k in ("b0", "c0"))
+        lines += [
+            f"{args.compare_label}: b/a = {b0 / a:.1%}   c/a = {c0 / a:.1%}   b/d = {b0 / d:.1f}x   "
+            f"(per server CPU-second {b0_ / a_:.1%}, {c0_ / a_:.1%}, {b0_ / d_:.1f}x); "
+            f"this tree over it: Plivo {b / b0:.2f}x, Telnyx {c / c0:.2f}x",
+        ]
     latency = results.get("latency")
     if latency:
         bare, gw = latency["bare"], latency["gateway"]
@@ -387,6 +413,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-workers", action="store_true")
     parser.add_argument("--generator-check", action="store_true", help="also drive the bare app with 2 wrk threads")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="extra gateway setting")
+    parser.add_argument(
+        "--compare-src",
+        type=Path,
+        help="also measure (b) and (c) for the gateway in this source tree, in the same run (before/after)",
+    )
+    parser.add_argument("--compare-label", default="before", help="name of --compare-src in the table")
     parser.add_argument(
         "--gateway-src",
         type=Path,
