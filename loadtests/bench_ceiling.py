@@ -305,7 +305,9 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
     lines = [
         f"Ceiling benchmark [{args.label}] {time.strftime('%Y-%m-%d %H:%M')} at {_git_rev()}; "
         f"server on CPU {SERVER_CPU}, wrk + Redis on CPU {LOAD_CPU}; {args.connections} connections, "
-        f"{args.duration:g} s after {args.warmup:g} s warm-up",
+        f"{args.duration:g} s after {args.warmup:g} s warm-up"
+        + (f"; servers from {args.gateway_src}" if args.gateway_src else "")
+        + (f"; '{args.compare_label}' = gateway from {args.compare_src}" if args.compare_src else ""),
         "",
         "| run | req/s | p50 ms | p99 ms | server CPU | req/s per server CPU | wrk CPU | Redis CPU | others' CPU "
         "| checks |",

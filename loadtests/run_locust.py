@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from loadtests import harness
-from loadtests.locustfile import FORGED_ACCEPTED
+from loadtests.signed import FORGED_ACCEPTED  # not from the locustfile: importing locust monkey-patches
 
 STREAM = "gateway:events"
 
