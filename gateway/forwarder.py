@@ -159,7 +159,7 @@ return out
 """
 FORWARD_SHA = hashlib.sha1(FORWARD_SCRIPT.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
 
-REDIS_FAILURES = (*OUTAGES, NotReplicated)
+REDIS_FAILURES: tuple[type[BaseException], ...] = (*OUTAGES, NotReplicated)
 
 
 class Outcome(enum.StrEnum):
