@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -95,6 +96,10 @@ class TelnyxVerifier:
         raise Rejected(Reason.INVALID_SIGNATURE, "no active public key verifies the signature")
 
 
+# One request reads its event up to three times (number routing, idempotency key, call-aware
+# check), with awaits in between: a small cache keyed by the body bytes parses it once.
+# Callers only read the returned mapping.
+@functools.lru_cache(maxsize=64)
 def parse_event(body: bytes) -> Mapping[str, Any] | None:
     """The event's `data` object, or None unless the body is a JSON object holding one."""
     try:
