@@ -45,6 +45,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def stop_process(process: subprocess.Popen[bytes], *, kill: bool = False) -> None:
+    """Stop a server process (SIGTERM, or SIGKILL to simulate a crash); SIGKILL it after 10 s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 class EmbeddedRedis:
     """Start/stop one private server, listening on 127.0.0.1:port or a unix socket only."""
 
@@ -117,15 +128,8 @@ class EmbeddedRedis:
         raise EmbeddedRedisError(f"server did not answer within {timeout_s} s")
 
     def stop(self, *, kill: bool = False) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, kill=kill)
         self.process = None
 
     def restart(self, *, wipe: bool = False) -> None:
