@@ -22,13 +22,13 @@ Stream entry: one field `event` holding this JSON object (schema: docs/event.sch
 from __future__ import annotations
 
 import base64
-import os
 from typing import Any
 from urllib.parse import unquote_plus
 
 import orjson
 
 from gateway.inbound import InboundRequest
+from gateway.random_ids import event_ids
 
 SCHEMA_VERSION = 1
 REDACTED_PARAMS = frozenset({"token"})  # Exotel's per-phone URL token is a secret
@@ -70,7 +70,7 @@ def build_event(
         query = strip_query_params(query, REDACTED_PARAMS)
     envelope: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
-        "id": os.urandom(16).hex(),  # secrets.token_hex(16) without its two wrappers
+        "id": event_ids.next_hex(),
         "received_at": received_at,
         "provider": provider,
         "phone_id": phone_id,

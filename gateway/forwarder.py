@@ -206,13 +206,16 @@ class Forwarder:
         self._wait_replicas = wait_replicas
         self._wait_timeout_ms = wait_timeout_ms
         self._queue: list[_Pending] = []
-        self._wakeup = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None  # the idle writer task waits on it for the next event
         self._slots = asyncio.Semaphore(max_inflight_batches)
         self._task: asyncio.Task[None] | None = None
+        # Python 3.11's asyncio.get_running_loop() makes a getpid() system call each time; once per request added up.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._batches: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="forwarder")
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._run(), name="forwarder")
 
     async def stop(self) -> None:
         """Flush what is queued, wait for batches in flight, then stop."""
@@ -221,6 +224,7 @@ class Forwarder:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+            self._loop = None
         while self._queue:
             await self._flush(self._take())
         if self._batches:
@@ -236,28 +240,34 @@ class Forwarder:
         call: CallCheck | None = None,
     ) -> tuple[Outcome, str]:
         """(outcome, stream entry id). Raises Unavailable when Redis cannot confirm the write."""
-        future: asyncio.Future[tuple[Outcome, str]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[tuple[Outcome, str]] = (self._loop or asyncio.get_running_loop()).create_future()
         self._queue.append(_Pending(phone_id, event, nonce, idempotency_key, future, call))
-        self._wakeup.set()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
         if self._task is None:  # not started (e.g. a one-shot CLI use): flush inline
             await self._flush(self._take())
         return await future
 
     def _take(self) -> list[_Pending]:
         batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
-        if not self._queue:
-            self._wakeup.clear()
         return batch
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            await self._wakeup.wait()
+            if not self._queue:
+                self._waiter = loop.create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
             await self._slots.acquire()
             batch = self._take()
             if not batch:
                 self._slots.release()
                 continue
-            task = asyncio.create_task(self._flush_and_release(batch))
+            task = loop.create_task(self._flush_and_release(batch))
             self._batches.add(task)
             task.add_done_callback(self._batches.discard)
 
