@@ -161,6 +161,7 @@ class GatewayApp:
         keystore.start_invalidation()
         forwarder.start()
         monitor.start()
+        flusher = asyncio.get_running_loop().create_task(metrics.run_flusher(), name="metrics-flush")
         _freeze_startup_objects()
         try:
             yield
@@ -174,6 +175,9 @@ class GatewayApp:
             await keystore.stop_invalidation()
             await redis.aclose()
             self.components = None
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher  # folds the last requests' counts in
             metrics.retire_process()
 
     # ---- routes -------------------------------------------------------------

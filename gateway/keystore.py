@@ -90,11 +90,11 @@ class KeyStore:
         """The phone's unsealed credentials, or None when it does not exist."""
         found, creds = self._cache.get(phone_id)
         if found:
-            _HIT.inc()
+            metrics.TALLY.count(_HIT)
             return creds
         found, _ = self._absent.get(phone_id)
         if found:
-            _NEGATIVE_HIT.inc()
+            metrics.TALLY.count(_NEGATIVE_HIT)
             return None
         _MISS.inc()
         pending = self._inflight.get(phone_id)

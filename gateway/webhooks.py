@@ -172,8 +172,9 @@ class WebhookHandler:
         except ClientDisconnected:
             status, outcome, reason = 499, "bad_request", "client_disconnected"
         finally:
-            metrics.request_counter(provider_label, route.kind, outcome).inc()
-            metrics.latency(provider_label, route.kind).observe(time.perf_counter() - started)
+            tally = metrics.TALLY
+            tally.count(metrics.request_counter(provider_label, route.kind, outcome))
+            tally.observe(metrics.latency(provider_label, route.kind), time.perf_counter() - started)
             wanted = self._log_accepted if 200 <= status < 300 else self._log_failed
             if wanted and access_log.isEnabledFor(logging.INFO):
                 client = scope.get("client")
@@ -272,10 +273,10 @@ class WebhookHandler:
         if result is Outcome.REPLAY:
             return await self._reject(send, Reason.REPLAYED_NONCE, provider_label)
         if result is Outcome.DUPLICATE:
-            metrics.duplicates(provider_label).inc()
+            metrics.TALLY.count(metrics.duplicates(provider_label))
             outcome = "duplicate"
         elif result is Outcome.FORWARDED:
-            metrics.forwarded(provider_label).inc()
+            metrics.TALLY.count(metrics.forwarded(provider_label))
             outcome = "accepted"
         elif result is Outcome.HELD:
             metrics.call_event_counter(provider_label, "held").inc()

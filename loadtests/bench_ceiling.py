@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.metrics import FLUSH_INTERVAL_S
 from loadtests import harness, requests_file
 from loadtests import phones as lt_phones
 
@@ -163,6 +164,9 @@ class Bench:
             run.extra["stream_growth"] = growth
             within = wrk.requests <= growth <= wrk.sent
             if stream == GATEWAY_STREAM:
+                # Each worker folds its request counts into the shared metrics every second
+                # (gateway.metrics.Tally); a scrape sees the others' last second only after that.
+                time.sleep(FLUSH_INTERVAL_S + 0.3)
                 accepted = harness.metric_sum(
                     harness.metrics_text(server.base_url), "gateway_requests_total", outcome="accepted"
                 ) - harness.metric_sum(before_metrics, "gateway_requests_total", outcome="accepted")
