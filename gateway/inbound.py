@@ -89,9 +89,11 @@ def _first_values(pairs: list[tuple[str, str]]) -> dict[str, str]:
     return values
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class InboundRequest:
-    """One webhook request, exactly as the carrier sent it."""
+    """One webhook request, exactly as the carrier sent it. Read-only: nothing assigns to it after
+    it is built (not `frozen=True` only because a frozen dataclass's __init__ costs three times
+    as much, on every request: loadtests/README.md)."""
 
     method: str  # "GET" or "POST" (upper case)
     scheme: str  # public scheme the carrier used: "https" or "http"

@@ -15,7 +15,7 @@ from functools import lru_cache
 from gateway.settings import IPNetwork, PublicBase
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built on every request, read-only by convention (see InboundRequest)
 class Origin:
     client_ip: str
     scheme: str

@@ -36,7 +36,7 @@ from gateway.errors import RETRY_AFTER_S, UNAVAILABLE_ANSWER, Reason, Rejected, 
 from gateway.events import build_event
 from gateway.forwarder import Forwarder, Outcome
 from gateway.inbound import InboundRequest
-from gateway.keystore import KeyStore
+from gateway.keystore import NOT_CACHED, KeyStore
 from gateway.providers import (
     ROUTE_PROVIDERS,
     Key,
@@ -239,7 +239,9 @@ class WebhookHandler:
         )
         now = self._clock()
         try:
-            creds = await self._resolve_phone(route, inbound)
+            creds = self._keystore.cached(route.phone_id) if route.phone_id is not None else NOT_CACHED
+            if creds is NOT_CACHED:
+                creds = await self._resolve_phone(route, inbound)
         except Unavailable:
             return await self._unavailable(send, provider_label)
         if creds is None or creds.provider not in ROUTE_PROVIDERS[route.family]:

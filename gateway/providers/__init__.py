@@ -82,7 +82,7 @@ class PhoneCredentials:
         return tuple(k for k in keys if k.active(now))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built on every request, and read-only by convention (see InboundRequest)
 class Verified:
     """Proof that a request is authentic."""
 

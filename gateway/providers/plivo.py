@@ -16,6 +16,7 @@ import functools
 import hmac
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from urllib.parse import urlparse, urlunparse
 
 from gateway.errors import Reason, Rejected
@@ -91,7 +92,7 @@ def _sorted_query(query: Pairs) -> str:
 
 
 def _sorted_params(params: Pairs) -> str:
-    return "".join([f"{name}{value}" for name, value in sorted(params)])
+    return "".join(chain.from_iterable(sorted(params)))  # name1 value1 name2 value2 ...
 
 
 def _v3_message(method: str, base_url: str, query: Pairs, params: Pairs, nonce: str) -> bytes:
