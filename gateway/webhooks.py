@@ -69,6 +69,21 @@ _RETRY_AFTER = [(b"retry-after", str(RETRY_AFTER_S).encode())]
 _NO_DUPLICATES: frozenset[str] = frozenset()
 
 
+# Carriers send the same dozen header names on every request: decoded once. Bounded, so
+# random names from a client fill it once and are then decoded each time.
+_HEADER_NAMES: dict[bytes, str] = {}
+_HEADER_NAMES_MAX = 512
+
+
+def _header_name(raw: bytes) -> str:
+    name = _HEADER_NAMES.get(raw)
+    if name is None:
+        name = raw.decode("latin-1").lower()
+        if len(_HEADER_NAMES) < _HEADER_NAMES_MAX:
+            _HEADER_NAMES[raw] = name
+    return name
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     family: RouteFamily
@@ -197,12 +212,13 @@ class WebhookHandler:
             return await self._reject(send, Reason.METHOD_NOT_ALLOWED, provider_label, extra=[(b"allow", b"GET, POST")])
 
         raw_headers = scope["headers"]
-        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in raw_headers}
+        names = _HEADER_NAMES
+        headers = {names.get(name) or _header_name(name): value.decode("latin-1") for name, value in raw_headers}
         duplicates: set[str] = set()
         if len(headers) != len(raw_headers):  # a name sent twice (rare): first value wins, XFF hops joined
             headers = {}
             for raw_name, raw_value in raw_headers:
-                name = raw_name.decode("latin-1").lower()
+                name = _header_name(raw_name)
                 value = raw_value.decode("latin-1")
                 if name in headers:
                     duplicates.add(name)
