@@ -213,6 +213,10 @@ class Answerer:
             return mode
         return self._modes.get(provider, TEMPLATE)
 
+    def has_content(self, provider: Provider, kind: str) -> bool:
+        """False when `answer()` is the empty 200 (status callbacks, events): no need to await it."""
+        return kind == "incoming" and provider in self._templates
+
     async def answer(
         self,
         provider: Provider,
@@ -224,7 +228,7 @@ class Answerer:
         now: float,
     ) -> Answer:
         """The answer for an accepted (forwarded or duplicate) request."""
-        if kind != "incoming" or provider not in self._templates:
+        if not self.has_content(provider, kind):
             return EMPTY
         if self.mode_for(provider, creds.config) == PROXY:
             return await self._proxy(provider, creds, inbound, event, idempotency_key, now)

@@ -36,10 +36,19 @@ async def read_body(receive: Receive, content_length: int | None, limit: int) ->
     """The whole body, refusing (before reading it) anything declared or streamed over `limit`."""
     if content_length is not None and content_length > limit:
         raise BodyTooLarge
+    message = await receive()  # a callback's body nearly always comes whole, in the first message
+    if message["type"] == "http.request" and not message.get("more_body", False):
+        body: bytes = message.get("body", b"")
+        if len(body) > limit:
+            raise BodyTooLarge
+        return body
+    return await _read_chunks(receive, message, limit)
+
+
+async def _read_chunks(receive: Receive, message: Message, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:
-        message = await receive()
         if message["type"] == "http.disconnect":
             raise ClientDisconnected
         chunk = message.get("body", b"")
@@ -50,6 +59,7 @@ async def read_body(receive: Receive, content_length: int | None, limit: int) ->
             chunks.append(chunk)
         if not message.get("more_body", False):
             break
+        message = await receive()
     if len(chunks) == 1:
         return chunks[0]
     return b"".join(chunks)

@@ -303,6 +303,9 @@ class WebhookHandler:
             return await self._reject(send, Reason(result.value), provider_label)
         # Answer only now: the event is durably in the stream, so even a slow dispatch
         # behind a proxied answer cannot lose the call.
+        if not self._answers.has_content(provider, route.kind):  # every status callback: no coroutine to run
+            await respond(send, 200)
+            return 200, outcome, "", provider_label
         answer = await self._answers.answer(provider, route.kind, creds, inbound, event, idempotency_key, now)
         await respond(send, answer.status, answer.body, answer.content_type)
         return answer.status, outcome, "", provider_label
