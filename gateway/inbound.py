@@ -173,7 +173,9 @@ class InboundRequest:
         """
         cached = self._cache.get("params")
         if cached is None:
-            merged = _first_values(self.query_params())
-            merged.update(_first_values(self.form_params()))
+            query = self.query_params()
+            merged = _first_values(self.form_params())
+            if query:
+                merged = {**_first_values(query), **merged}
             cached = self._cache["params"] = merged
         return cached  # type: ignore[return-value]
