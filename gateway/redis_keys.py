@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from redis.crc import key_slot
 
@@ -55,6 +55,7 @@ def stream_tag(stream: str) -> str:
 class KeyNames:
     prefix: str = "gateway"
     stream: str = "gateway:events"
+    _tag: str = field(init=False, repr=False, compare=False)
 
     def phone(self, phone_id: str) -> str:
         return f"{self.prefix}:phone:{phone_id}"
@@ -70,9 +71,8 @@ class KeyNames:
     def changes_channel(self) -> str:
         return f"{self.prefix}:changes"
 
-    @property
-    def _tag(self) -> str:
-        return stream_tag(self.stream)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_tag", stream_tag(self.stream))  # used for two keys of every event
 
     @property
     def dead_letter(self) -> str:
