@@ -11,7 +11,7 @@ accepted: one captured header would vouch for any body (a downgrade).
 
 from __future__ import annotations
 
-import base64
+import binascii
 import functools
 import hmac
 from collections.abc import Iterable, Mapping, Sequence
@@ -130,7 +130,7 @@ def v3_string_to_sign(method: str, url: str, params: Params | None, nonce: str) 
 
 
 def _b64_hmac_sha256(key: bytes, message: bytes) -> bytes:
-    return base64.b64encode(hmac.digest(key, message, "sha256"))
+    return binascii.b2a_base64(hmac.digest(key, message, "sha256"), newline=False)  # = base64.b64encode
 
 
 def sign_v3(auth_token: str, method: str, url: str, params: Params | None, nonce: str) -> str:
