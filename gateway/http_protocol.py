@@ -11,6 +11,8 @@ body as long as the client likes (the request even outlives a graceful shutdown 
 `timeout_graceful_shutdown` cancels it).
 
 This subclass keeps everything else of uvicorn's protocol and adds:
+  - its own 503 once `limit_concurrency` is reached (uvicorn's has no Retry-After; this one
+    is the gateway's usual 503, with `retry-after`, and closes the connection);
   - a cap on the bytes of an incomplete request head (the same number uvicorn uses for
     h11, `h11_max_incomplete_event_size`): over it, 431 and the connection is closed;
   - a deadline from the connection's first moment (and from the first byte of each
@@ -29,16 +31,23 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from gateway.errors import RETRY_AFTER_S, UNAVAILABLE_ANSWER
+
 DEFAULT_HEAD_LIMIT_BYTES = 16 * 1024
 HEAD_TIMEOUT_S = 10.0
 BODY_TIMEOUT_S = 10.0  # GATEWAY_MAX_BODY_BYTES (64 KiB) in 10 s is >= 6.4 KB/s: any carrier does far better
 
 _431 = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 _408 = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+_503 = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: %d\r\nretry-after: %d\r\nconnection: close\r\n\r\n%s"
+    % (len(UNAVAILABLE_ANSWER[1]), RETRY_AFTER_S, UNAVAILABLE_ANSWER[1])
+)
 
 
-class _HeadTooLarge(Exception):
-    """Raised from a parser callback: stops httptools before the app is called."""
+class _Refused(Exception):
+    """Raised from a parser callback: stops httptools before the app is called (see `_refusal`)."""
 
 
 class EdgeHttpToolsProtocol(HttpToolsProtocol):
@@ -50,7 +59,7 @@ class EdgeHttpToolsProtocol(HttpToolsProtocol):
         self._head_limit = self.config.h11_max_incomplete_event_size or DEFAULT_HEAD_LIMIT_BYTES
         self._head_bytes = 0  # wire bytes received while the current head is incomplete
         self._head_size = 0  # parsed size of the current head (target + headers)
-        self._head_too_large = False
+        self._refusal: bytes | None = None  # the answer for a request stopped in a parser callback
         self._awaiting_head = True
         self._head_timer: asyncio.TimerHandle | None = None
         self._awaiting_body = False
@@ -104,13 +113,18 @@ class EdgeHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._disarm_head_timer()
         if self._head_size > self._head_limit:  # the whole head came in one read
-            self._head_too_large = True
-            raise _HeadTooLarge
+            self._refusal = _431
+            raise _Refused
+        limit = self.limit_concurrency  # uvicorn's own test, before it would pick its 503 app
+        if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
+            self.logger.warning("Exceeded concurrency limit.")
+            self._refusal = _503
+            raise _Refused
         super().on_headers_complete()
 
     def send_400_response(self, msg: str) -> None:
-        if self._head_too_large:
-            self._refuse(_431)
+        if self._refusal is not None:
+            self._refuse(self._refusal)
             return
         super().send_400_response(msg)
 

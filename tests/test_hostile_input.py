@@ -974,7 +974,16 @@ def test_limit_concurrency_answers_503(redis_url: str, http: str) -> None:
         try:
             time.sleep(0.1)
             answer = send_raw(gw.port, b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-            assert answer.status == 503  # uvicorn's own answer (no Retry-After): see docs/limits.md
+            assert answer.status == 503
+            head = answer.raw.split(b"\r\n\r\n", 1)[0].lower()
+            if http == "edge":  # the gateway's own 503: the carrier is told when to retry
+                assert b"\r\nretry-after: 1" in head
+                assert answer.raw.endswith(b"\r\n\r\nservice unavailable\n")
+            else:  # uvicorn's own answer under h11 (not used in production): no Retry-After
+                assert b"retry-after" not in head
+            # A webhook gets the same answer while the limit holds.
+            webhook = send_raw(gw.port, b"POST /plivo/status/ph_x HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
+            assert webhook.status == 503
         finally:
             for holder in holders:
                 holder.close()
