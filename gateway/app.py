@@ -277,6 +277,10 @@ def _public_path(path: str) -> bool:
 
 
 def create_app(settings: Settings | None = None, **kwargs: Any) -> GatewayApp:
+    """The app `gateway serve` runs (uvicorn's factory, called once in each worker process)."""
+    from gateway.http_protocol import EdgeHttpToolsProtocol
     from gateway.settings import from_env
 
-    return GatewayApp(settings or from_env(), **kwargs)
+    settings = settings or from_env()
+    EdgeHttpToolsProtocol.configure(head_timeout_s=settings.head_timeout_s, body_timeout_s=settings.body_timeout_s)
+    return GatewayApp(settings, **kwargs)

@@ -54,6 +54,13 @@ class EdgeHttpToolsProtocol(HttpToolsProtocol):
     head_timeout_s: float = HEAD_TIMEOUT_S
     body_timeout_s: float = BODY_TIMEOUT_S
 
+    @classmethod
+    def configure(cls, *, head_timeout_s: float, body_timeout_s: float) -> None:
+        """GATEWAY_HEAD_TIMEOUT_S / GATEWAY_BODY_TIMEOUT_S, set once per process before it serves
+        (uvicorn builds protocols from the class, not from our settings)."""
+        cls.head_timeout_s = head_timeout_s
+        cls.body_timeout_s = body_timeout_s
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head_limit = self.config.h11_max_incomplete_event_size or DEFAULT_HEAD_LIMIT_BYTES

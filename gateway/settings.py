@@ -98,6 +98,8 @@ class Settings:
     log_level: str = "info"
     access_log: str = "failed"  # GATEWAY_ACCESS_LOG: all | failed (answers other than 2xx) | off
     timeout_keep_alive_s: int = 5
+    head_timeout_s: float = 10.0  # gateway/http_protocol.py: connect (or a request's first byte) to end of head
+    body_timeout_s: float = 10.0  # end of head to end of body
     limit_concurrency: int = 2048
     backlog: int = 2048
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -262,6 +264,8 @@ KNOWN_NAMES = frozenset(
         "GATEWAY_LOG_LEVEL",
         "GATEWAY_ACCESS_LOG",
         "GATEWAY_TIMEOUT_KEEP_ALIVE_S",
+        "GATEWAY_HEAD_TIMEOUT_S",
+        "GATEWAY_BODY_TIMEOUT_S",
         "GATEWAY_LIMIT_CONCURRENCY",
         "GATEWAY_BACKLOG",
         "GATEWAY_EXPLAIN_MISMATCHES",
@@ -503,6 +507,8 @@ def from_env(environ: Mapping[str, str] | None = None, toml_path: Path | None = 
         ("GATEWAY_NEGATIVE_CACHE_TTL_S", "negative_cache_ttl_s", 0.0),
         ("GATEWAY_REDIS_TIMEOUT_S", "redis_timeout_s", 0.01),
         ("GATEWAY_REDIS_CONNECT_TIMEOUT_S", "redis_connect_timeout_s", 0.01),
+        ("GATEWAY_HEAD_TIMEOUT_S", "head_timeout_s", 0.1),
+        ("GATEWAY_BODY_TIMEOUT_S", "body_timeout_s", 0.1),
     ]
     for name, attr, fminimum in float_settings:
         if (raw := get(name)) is not None:

@@ -35,6 +35,8 @@ def test_defaults() -> None:
         ("GATEWAY_CACHE_TTL_S", "nan"),
         ("GATEWAY_LOG_LEVEL", "loud"),
         ("GATEWAY_ACCESS_LOG", "sometimes"),
+        ("GATEWAY_HEAD_TIMEOUT_S", "0"),
+        ("GATEWAY_BODY_TIMEOUT_S", "soon"),
     ],
 )
 def test_invalid_value_names_the_variable(name: str, value: str) -> None:
