@@ -42,6 +42,7 @@ GATEWAY_STREAM = "gateway:events"
 NAIVE_STREAM = "naive:events"
 SERVER_CPU = "1"
 LOAD_CPU = "0"
+WORKER_QUOTA = 0.35  # per worker, in the quota'd workers phase: leaves CPU 0 room for wrk and Redis
 
 
 @dataclass
@@ -239,6 +240,7 @@ class Bench:
             results["latency"] = self.latency(runs["b"].rps / 2)
         if not args.skip_workers:
             results["workers"] = self.workers(ceiling)
+            results["workers_quota"] = self.workers_quota(ceiling)
         return results
 
     def latency(self, rate: float) -> dict[str, Any]:
@@ -293,6 +295,41 @@ class Bench:
         out["per_cpu_1"] = one.rps / one.server_cpu
         out["per_cpu_2"] = two.rps / two.server_cpu
         out["projected_ratio"] = 2 * out["per_cpu_2"] / out["per_cpu_1"]
+        return out
+
+    def workers_quota(self, ceiling: float) -> dict[str, Any]:
+        """1 vs 2 workers, each held to the same CPU budget (WORKER_QUOTA of a core, a CFS quota)
+        on a core of its own: what a second worker adds when cores are not what limits it. The
+        second worker shares CPU 0 with wrk and Redis, which the quota leaves room for."""
+        out: dict[str, Any] = {"quota": WORKER_QUOTA}
+        for workers in (1, 2):
+            with self.server("gateway", cpus="0,1", workers=workers) as gateway:
+                self.register(gateway)
+                pids = gateway.serving_pids()
+                if len(pids) != workers:
+                    raise RuntimeError(f"expected {workers} serving processes, found {pids}")
+                for pid, cpu in zip(pids, (SERVER_CPU, LOAD_CPU), strict=False):
+                    _pin(pid, cpu)
+                with harness.cpu_quota(pids, WORKER_QUOTA):
+                    # uvicorn's workers share one listening socket: whichever is awake accepts, and
+                    # one may take nearly all of wrk's 64 connections at once. Such a run measures
+                    # one worker, so it is repeated (fresh connections) and the split is reported.
+                    for attempt in range(3):
+                        before = [harness.tree_cpu(pid) for pid in pids]
+                        run = self.measure(
+                            f"gateway Plivo, {workers} worker(s), each {WORKER_QUOTA:.0%} of a core",
+                            gateway,
+                            "plivo",
+                            ceiling * WORKER_QUOTA * workers,
+                            stream=GATEWAY_STREAM,
+                        )
+                        used = [harness.tree_cpu(pid) - cpu for pid, cpu in zip(pids, before, strict=True)]
+                        run.extra["worker_cpu_split"] = [round(u / sum(used), 2) for u in used]
+                        if min(used) >= 0.6 * max(used):
+                            break
+                        self.say(f"connections landed unevenly on the workers ({used}), attempt {attempt + 1}")
+                    out[str(workers)] = run
+        out["ratio"] = out["2"].rps / out["1"].rps
         return out
 
 
@@ -384,6 +421,25 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
             f"dedicated cores (load generator and Redis elsewhere) 2 workers project to "
             f"{workers['projected_ratio']:.2f}x (target >= 1.7x)",
         ]
+    quota = results.get("workers_quota")
+    if quota:
+        one, two = quota["1"], quota["2"]
+        lines += [
+            "",
+            f"Workers under equal CPU budgets (each worker held to {quota['quota']:.0%} of a core by a CFS quota, "
+            f"worker 1 on CPU {SERVER_CPU}, worker 2 on CPU {LOAD_CPU} with wrk and Redis):",
+            "",
+            "| workers | req/s | p99 ms | gateway CPU | CPU split by worker | wrk CPU | Redis CPU | checks |",
+            "|---|---:|---:|---:|---|---:|---:|---|",
+            *(
+                f"| {n} | {r.rps:,.0f} | {r.p99_ms:.2f} | {r.server_cpu:.0%} | "
+                f"{' / '.join(f'{share:.0%}' for share in r.extra.get('worker_cpu_split', []))} | "
+                f"{r.wrk_cpu:.0%} | {r.redis_cpu:.0%} | {'; '.join(r.checks)} |"
+                for n, r in (("1", one), ("2", two))
+            ),
+            "",
+            f"measured 2/1 = {quota['ratio']:.2f}x with the same CPU budget per worker (target >= 1.7x)",
+        ]
     failed = [r.name for r in _all_runs(results) if not r.ok]
     lines += ["", "all checks passed" if not failed else f"CHECKS FAILED: {failed}"]
     return "\n".join(lines)
@@ -393,6 +449,8 @@ def _all_runs(results: dict[str, Any]) -> list[Run]:
     runs = list(results["runs"].values())
     workers = results.get("workers") or {}
     runs += [workers[k] for k in ("1", "2") if k in workers]
+    quota = results.get("workers_quota") or {}
+    runs += [quota[k] for k in ("1", "2") if k in quota]
     return runs
 
 

@@ -7,6 +7,7 @@ is stopped here, by its own pid / process group.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
 import signal
@@ -15,6 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,6 +169,14 @@ class Server:
                     pids.append(int(entry))
         return pids
 
+    def serving_pids(self) -> list[int]:
+        """The processes that serve requests: the server itself, or its uvicorn workers
+        (not multiprocessing's resource tracker)."""
+        assert self.process is not None
+        if self.workers == 1:
+            return [self.process.pid]
+        return [pid for pid in self.worker_pids() if b"spawn_main" in _cmdline(pid)]
+
     def stop(self) -> None:
         if self.process is None:
             return
@@ -184,6 +194,44 @@ class Server:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+CPU_CGROUP = Path("/sys/fs/cgroup/cpu")  # the cgroup v1 CPU controller (this VM's kernel)
+
+
+@contextlib.contextmanager
+def cpu_quota(pids: list[int], share: float, period_us: int = 10_000) -> Iterator[None]:
+    """Hold each process to `share` of one core (a CFS bandwidth quota, one cgroup per process).
+
+    A 10 ms period keeps the throttling fine-grained: a process runs at most share x 10 ms in
+    every 10 ms. Processes are moved back to the root group and the groups removed afterwards.
+    """
+    if not (CPU_CGROUP / "cgroup.procs").exists():
+        raise RuntimeError(f"no cgroup v1 CPU controller at {CPU_CGROUP}: cannot set CPU quotas")
+    groups: list[Path] = []
+    try:
+        for pid in pids:
+            group = CPU_CGROUP / f"gateway-bench-{pid}"
+            group.mkdir(exist_ok=True)
+            groups.append(group)
+            (group / "cpu.cfs_period_us").write_text(str(period_us))
+            (group / "cpu.cfs_quota_us").write_text(str(int(period_us * share)))
+            (group / "cgroup.procs").write_text(str(pid))
+        yield
+    finally:
+        for group in groups:
+            for pid in (group / "cgroup.procs").read_text().split():
+                with contextlib.suppress(OSError):
+                    (CPU_CGROUP / "cgroup.procs").write_text(pid)
+            with contextlib.suppress(OSError):
+                group.rmdir()
 
 
 def metrics_text(base_url: str) -> str:
