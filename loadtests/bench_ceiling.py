@@ -13,7 +13,8 @@ replayed by loadtests/replay.lua, each exactly once: wrk does no crypto.
   (c) gateway, Telnyx Ed25519 events
   (d) naive: Starlette + official SDK validator + synchronous redis-py
   (3) latency at half of (b)'s rate, open loop (loadtests/openloop.py): gateway vs bare
-  (4) 1 vs 2 gateway workers, everything sharing both cores (see --help of the README)
+  (4) 1 vs 2 gateway workers: everything sharing both cores, then each worker held to the same
+      CPU budget by a CFS quota on a core of its own (loadtests/README.md, "Two workers")
 
 After each gateway run: wrk never wrapped around its file, every answer was 2xx, the
 stream grew by exactly the gateway's `accepted` counter, and by no less than wrk's
@@ -23,6 +24,8 @@ completed requests and no more than it sent.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import contextlib
 import json
 import random
 import shutil
@@ -241,6 +244,7 @@ class Bench:
         if not args.skip_workers:
             results["workers"] = self.workers(ceiling)
             results["workers_quota"] = self.workers_quota(ceiling)
+            results["processes_quota"] = self.processes_quota(ceiling)
         return results
 
     def latency(self, rate: float) -> dict[str, Any]:
@@ -331,6 +335,83 @@ class Bench:
                     out[str(workers)] = run
         out["ratio"] = out["2"].rps / out["1"].rps
         return out
+
+    def processes_quota(self, ceiling: float) -> dict[str, Any]:
+        """1 vs 2 gateway processes, each with its own listening socket (as pods are) and each held to
+        WORKER_QUOTA of a core on CPU 1; one wrk per process on CPU 0, 64 connections in all. The
+        same budget per process in both runs: what a second process adds when cores are not the
+        limit (the Redis both write to, the forwarder's batches, the keystore's invalidations)."""
+        out: dict[str, Any] = {"quota": WORKER_QUOTA}
+        for count in (1, 2):
+            with contextlib.ExitStack() as stack:
+                servers = [stack.enter_context(self.server("gateway")) for _ in range(count)]
+                for server in servers:
+                    self.register(server)
+                pids = [server.serving_pids()[0] for server in servers]
+                with harness.cpu_quota(pids, WORKER_QUOTA):
+                    out[str(count)] = self.measure_together(
+                        f"gateway Plivo, {count} process(es), each {WORKER_QUOTA:.0%} of a core", servers, ceiling
+                    )
+        out["ratio"] = out["2"].rps / out["1"].rps
+        return out
+
+    def measure_together(self, name: str, servers: list[harness.Server], ceiling: float) -> Run:
+        """One wrk per server, all at once; the same checks as measure(), summed over the servers."""
+        args = self.args
+        connections = args.connections // len(servers)
+
+        def each(files: list[Path], duration: float) -> list[harness.WrkResult]:
+            with concurrent.futures.ThreadPoolExecutor(len(servers)) as pool:
+                jobs = [
+                    pool.submit(
+                        harness.run_wrk, s.base_url, f, duration_s=duration, connections=connections, cpus=LOAD_CPU
+                    )
+                    for s, f in zip(servers, files, strict=True)
+                ]
+                return [job.result() for job in jobs]
+
+        expected = ceiling * WORKER_QUOTA
+        warm = [self.make_file("plivo", int(expected * args.warmup * 1.2) + 2_000, s.port) for s in servers]
+        probes = each(warm, args.warmup)
+        files = [
+            self.make_file("plivo", int(p.rps * args.duration * 1.4) + 5_000, s.port)
+            for p, s in zip(probes, servers, strict=True)
+        ]
+        before_len = harness.settle_stream(self.redis.url, GATEWAY_STREAM)
+        before_accepted = sum(self._accepted(s) for s in servers)
+        cpu_server, cpu_redis = sum(s.cpu() for s in servers), harness.tree_cpu(self.redis_pid)
+        results = each(files, args.duration)
+        cpu_server = sum(s.cpu() for s in servers) - cpu_server
+        cpu_redis = harness.tree_cpu(self.redis_pid) - cpu_redis
+        duration = max(r.duration_s for r in results)
+        requests, sent = sum(r.requests for r in results), sum(r.sent for r in results)
+        run = Run(
+            name,
+            sum(r.rps for r in results),
+            max(r.p50_ms for r in results),
+            max(r.p99_ms for r in results),
+            cpu_server / duration,
+            sum(r.cpu_share for r in results),
+            cpu_redis / duration,
+            requests,
+        )
+        growth = harness.settle_stream(self.redis.url, GATEWAY_STREAM) - before_len
+        time.sleep(FLUSH_INTERVAL_S + 0.3)
+        accepted = sum(self._accepted(s) for s in servers) - before_accepted
+        run.extra.update(
+            stream_growth=growth, accepted_metric=accepted, sent=sent, per_process_rps=[r.rps for r in results]
+        )
+        failures = [r for r in results if r.non2xx or r.socket_errors or r.wrapped]
+        check = f"2xx {requests} <= stream +{growth} == accepted {accepted:.0f} <= sent {sent}"
+        if failures or not (requests <= growth <= sent and accepted == growth):
+            run.ok = False
+            check = "FAIL " + check + (f"; {len(failures)} wrk run(s) with errors or wrapped" if failures else "")
+        run.checks.append(check)
+        return run
+
+    @staticmethod
+    def _accepted(server: harness.Server) -> float:
+        return harness.metric_sum(harness.metrics_text(server.base_url), "gateway_requests_total", outcome="accepted")
 
 
 # ---- report -----------------------------------------------------------------------------------------
@@ -440,6 +521,25 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
             "",
             f"measured 2/1 = {quota['ratio']:.2f}x with the same CPU budget per worker (target >= 1.7x)",
         ]
+    processes = results.get("processes_quota")
+    if processes:
+        one, two = processes["1"], processes["2"]
+        lines += [
+            "",
+            f"Gateway processes under equal CPU budgets (each its own listening socket, as pods are; each held to "
+            f"{processes['quota']:.0%} of a core by a CFS quota on CPU {SERVER_CPU}; one wrk per process on CPU "
+            f"{LOAD_CPU}, {args.connections} connections in all):",
+            "",
+            "| processes | req/s | req/s by process | p99 ms | gateway CPU | wrk CPU | Redis CPU | checks |",
+            "|---|---:|---|---:|---:|---:|---:|---|",
+            *(
+                f"| {n} | {r.rps:,.0f} | {' / '.join(f'{x:,.0f}' for x in r.extra['per_process_rps'])} | "
+                f"{r.p99_ms:.2f} | {r.server_cpu:.0%} | {r.wrk_cpu:.0%} | {r.redis_cpu:.0%} | {'; '.join(r.checks)} |"
+                for n, r in (("1", one), ("2", two))
+            ),
+            "",
+            f"measured 2/1 = {processes['ratio']:.2f}x with the same CPU budget per process (target >= 1.7x)",
+        ]
     failed = [r.name for r in _all_runs(results) if not r.ok]
     lines += ["", "all checks passed" if not failed else f"CHECKS FAILED: {failed}"]
     return "\n".join(lines)
@@ -449,8 +549,9 @@ def _all_runs(results: dict[str, Any]) -> list[Run]:
     runs = list(results["runs"].values())
     workers = results.get("workers") or {}
     runs += [workers[k] for k in ("1", "2") if k in workers]
-    quota = results.get("workers_quota") or {}
-    runs += [quota[k] for k in ("1", "2") if k in quota]
+    for phase in ("workers_quota", "processes_quota"):
+        quota = results.get(phase) or {}
+        runs += [quota[k] for k in ("1", "2") if k in quota]
     return runs
 
 
