@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -484,65 +485,61 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         ]
     workers = results.get("workers")
     if workers:
-        one, two = workers["1"], workers["2"]
-        lines += [
-            "",
+        lines += _scaling_table(
             "Workers (gateway, wrk and Redis all free on CPUs 0-1: they compete for the same two cores):",
-            "",
-            "| workers | req/s | p99 ms | gateway CPU | wrk CPU | Redis CPU | req per gateway CPU-s | checks |",
-            "|---|---:|---:|---:|---:|---:|---:|---|",
-            *(
-                f"| {n} | {r.rps:,.0f} | {r.p99_ms:.2f} | {r.server_cpu:.0%} | {r.wrk_cpu:.0%} | {r.redis_cpu:.0%} | "
-                f"{r.rps / r.server_cpu:,.0f} | {'; '.join(r.checks)} |"
-                for n, r in (("1", one), ("2", two))
-            ),
-            "",
+            workers,
+            "workers",
+            ("req per gateway CPU-s", lambda r: f"{r.rps / r.server_cpu:,.0f}"),
             f"measured 2/1 = {workers['raw_ratio']:.2f}x on this shared 2-core box; per gateway CPU-second "
             f"2 workers do {workers['per_cpu_2'] / workers['per_cpu_1']:.0%} of 1 worker's work, so on two "
             f"dedicated cores (load generator and Redis elsewhere) 2 workers project to "
             f"{workers['projected_ratio']:.2f}x (target >= 1.7x)",
-        ]
+        )
     quota = results.get("workers_quota")
     if quota:
-        one, two = quota["1"], quota["2"]
-        lines += [
-            "",
+        lines += _scaling_table(
             f"Workers under equal CPU budgets (each worker held to {quota['quota']:.0%} of a core by a CFS quota, "
             f"worker 1 on CPU {SERVER_CPU}, worker 2 on CPU {LOAD_CPU} with wrk and Redis):",
-            "",
-            "| workers | req/s | p99 ms | gateway CPU | CPU split by worker | wrk CPU | Redis CPU | checks |",
-            "|---|---:|---:|---:|---|---:|---:|---|",
-            *(
-                f"| {n} | {r.rps:,.0f} | {r.p99_ms:.2f} | {r.server_cpu:.0%} | "
-                f"{' / '.join(f'{share:.0%}' for share in r.extra.get('worker_cpu_split', []))} | "
-                f"{r.wrk_cpu:.0%} | {r.redis_cpu:.0%} | {'; '.join(r.checks)} |"
-                for n, r in (("1", one), ("2", two))
-            ),
-            "",
+            quota,
+            "workers",
+            ("CPU split by worker", lambda r: " / ".join(f"{x:.0%}" for x in r.extra.get("worker_cpu_split", []))),
             f"measured 2/1 = {quota['ratio']:.2f}x with the same CPU budget per worker (target >= 1.7x)",
-        ]
+        )
     processes = results.get("processes_quota")
     if processes:
-        one, two = processes["1"], processes["2"]
-        lines += [
-            "",
+        lines += _scaling_table(
             f"Gateway processes under equal CPU budgets (each its own listening socket, as pods are; each held to "
             f"{processes['quota']:.0%} of a core by a CFS quota on CPU {SERVER_CPU}; one wrk per process on CPU "
             f"{LOAD_CPU}, {args.connections} connections in all):",
-            "",
-            "| processes | req/s | req/s by process | p99 ms | gateway CPU | wrk CPU | Redis CPU | checks |",
-            "|---|---:|---|---:|---:|---:|---:|---|",
-            *(
-                f"| {n} | {r.rps:,.0f} | {' / '.join(f'{x:,.0f}' for x in r.extra['per_process_rps'])} | "
-                f"{r.p99_ms:.2f} | {r.server_cpu:.0%} | {r.wrk_cpu:.0%} | {r.redis_cpu:.0%} | {'; '.join(r.checks)} |"
-                for n, r in (("1", one), ("2", two))
-            ),
-            "",
+            processes,
+            "processes",
+            ("req/s by process", lambda r: " / ".join(f"{x:,.0f}" for x in r.extra["per_process_rps"])),
             f"measured 2/1 = {processes['ratio']:.2f}x with the same CPU budget per process (target >= 1.7x)",
-        ]
+        )
     failed = [r.name for r in _all_runs(results) if not r.ok]
     lines += ["", "all checks passed" if not failed else f"CHECKS FAILED: {failed}"]
     return "\n".join(lines)
+
+
+def _scaling_table(
+    title: str, phase: dict[str, Any], unit: str, extra: tuple[str, Callable[[Run], str]], summary: str
+) -> list[str]:
+    """The 1-vs-2 table of a scaling phase, with one column of its own."""
+    heading, cell = extra
+    return [
+        "",
+        title,
+        "",
+        f"| {unit} | req/s | p99 ms | gateway CPU | {heading} | wrk CPU | Redis CPU | checks |",
+        "|---|---:|---:|---:|---|---:|---:|---|",
+        *(
+            f"| {n} | {r.rps:,.0f} | {r.p99_ms:.2f} | {r.server_cpu:.0%} | {cell(r)} | {r.wrk_cpu:.0%} | "
+            f"{r.redis_cpu:.0%} | {'; '.join(r.checks)} |"
+            for n, r in (("1", phase["1"]), ("2", phase["2"]))
+        ),
+        "",
+        summary,
+    ]
 
 
 def _all_runs(results: dict[str, Any]) -> list[Run]:
