@@ -104,10 +104,9 @@ class KeyStore:
 
     async def credentials(self, phone_id: str) -> PhoneCredentials | None:
         """The phone's unsealed credentials, or None when it does not exist."""
-        found, creds = self._cache.get(phone_id)
-        if found:
-            metrics.TALLY.count(_HIT)
-            return creds
+        cached = self.cached(phone_id)
+        if cached is not NOT_CACHED:
+            return cached
         found, _ = self._absent.get(phone_id)
         if found:
             metrics.TALLY.count(_NEGATIVE_HIT)
