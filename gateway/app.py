@@ -24,7 +24,6 @@ from gateway.answers import Answerer
 from gateway.asgi_io import Receive, Scope, Send
 from gateway.calls import CallAware
 from gateway.dispatch import DispatchClient
-from gateway.errors import NotReplicated
 from gateway.explain import MismatchExplainer
 from gateway.forwarder import FORWARD_SCRIPT, Forwarder
 from gateway.keystore import KeyStore
@@ -158,7 +157,10 @@ class GatewayApp:
         self._admin = AdminAPI(keystore, settings.admin_token)
         with contextlib.suppress(Exception):  # Redis may be down at start: /readyz says so
             await redis.script_load(FORWARD_SCRIPT)
-        monitor = StreamMonitor(redis, settings.stream, self._names.readiness, timeout_s=settings.redis_timeout_s)
+        readiness = self._names.readiness
+        monitor = StreamMonitor(
+            redis, settings.stream, lambda: forwarder.probe_write(readiness), timeout_s=settings.redis_timeout_s
+        )
         keystore.start_invalidation()
         forwarder.start()
         monitor.start()
@@ -202,7 +204,9 @@ class GatewayApp:
         try:
             # A write, not PING: a read-only replica (after a failover), an out-of-memory or a
             # write-paused server answers PING but refuses the writes every webhook needs.
-            await asyncio.wait_for(self._probe_write(components.redis), timeout=self.settings.redis_timeout_s)
+            await asyncio.wait_for(
+                components.forwarder.probe_write(self._names.readiness), timeout=self.settings.redis_timeout_s
+            )
         except Exception as exc:
             metrics.REDIS_UP.set(0)
             metrics.REDIS_ERRORS.labels("ready", metrics.redis_error_class(exc)).inc()
@@ -211,19 +215,6 @@ class GatewayApp:
         metrics.REDIS_UP.set(1)
         body: dict[str, Any] = {"ready": True, "redis": "ok", "exotel_allowlist_entries": len(self._allowlist)}
         return Response(orjson.dumps(body), 200, media_type="application/json")
-
-    async def _probe_write(self, redis: Redis) -> None:
-        """What every webhook needs: a write, and with GATEWAY_REDIS_WAIT_REPLICAS=N its copy on N replicas."""
-        wanted = self.settings.redis_wait_replicas
-        if not wanted:
-            await redis.set(self._names.readiness, b"1", ex=60)
-            return
-        pipe = redis.pipeline(transaction=False)  # one connection: WAIT counts that connection's writes
-        pipe.set(self._names.readiness, b"1", ex=60)
-        pipe.execute_command("WAIT", wanted, max(1, int(self.settings.redis_timeout_s * 500)))
-        _, acked = await pipe.execute()
-        if int(acked) < wanted:
-            raise NotReplicated(f"{acked} of {wanted} replicas confirmed")
 
     async def _metrics(self, _request: Request) -> Response:
         payload, content_type = metrics.render()

@@ -344,6 +344,24 @@ class Forwarder:
                 raise result  # a bug (e.g. CROSSSLOT), not an outage: logged with its traceback
         return results
 
+    async def probe_write(self, key: str) -> None:
+        """/readyz: the write every webhook needs, under the same replica rule as every batch.
+        Raises the Redis error, or NotReplicated when fewer than GATEWAY_REDIS_WAIT_REPLICAS confirm."""
+        if not self._wait_replicas:
+            await self._redis.set(key, b"1", ex=60)
+            return
+        pipe = self._redis.pipeline(transaction=False)  # one connection: WAIT counts that connection's writes
+        pipe.set(key, b"1", ex=60)
+        pipe.execute_command("WAIT", self._wait_replicas, self._wait_timeout_ms)
+        _, acked = await pipe.execute()
+        self._check_replicated(acked)
+
+    def _check_replicated(self, acked: Any) -> None:
+        if isinstance(acked, BaseException):
+            raise acked
+        if int(acked) < self._wait_replicas:
+            raise NotReplicated(f"{acked} of {self._wait_replicas} replicas confirmed")
+
     async def _run_scripts(self, batch: list[_Pending]) -> list[Any]:
         pipe = self._redis.pipeline(transaction=False)
         # execute_command, not pipe.evalsha(): redis-py's cluster pipeline blocks its evalsha()
@@ -356,11 +374,7 @@ class Forwarder:
             pipe.execute_command("WAIT", self._wait_replicas, self._wait_timeout_ms)
         results = list(await pipe.execute(raise_on_error=False))
         if self._wait_replicas:
-            acked = results.pop()
-            if isinstance(acked, BaseException):
-                raise acked
-            if int(acked) < self._wait_replicas:
-                raise NotReplicated(f"{acked} of {self._wait_replicas} replicas confirmed")
+            self._check_replicated(results.pop())
         (replies,) = results
         if isinstance(replies, BaseException):  # the whole call failed (NOSCRIPT, READONLY, ...)
             return [replies] * len(batch)

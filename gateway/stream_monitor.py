@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio import Redis
@@ -19,10 +20,17 @@ log = logging.getLogger("gateway.stream_monitor")
 
 
 class StreamMonitor:
-    def __init__(self, redis: Redis, stream: str, probe_key: str, interval_s: float = 10.0, timeout_s: float = 1.0):
+    def __init__(
+        self,
+        redis: Redis,
+        stream: str,
+        probe: Callable[[], Awaitable[None]],
+        interval_s: float = 10.0,
+        timeout_s: float = 1.0,
+    ):
         self._redis = redis
         self._stream = stream
-        self._probe_key = probe_key
+        self._probe = probe  # the write /readyz makes (Forwarder.probe_write): raises when webhooks cannot be taken
         self._interval = interval_s
         self._timeout = timeout_s
         self._task: asyncio.Task[None] | None = None
@@ -40,8 +48,8 @@ class StreamMonitor:
     async def sample(self) -> None:
         """One sample; never raises (a failed sample marks Redis down)."""
         try:
-            # A write, like /readyz: a read-only or OOM server cannot take webhooks.
-            await asyncio.wait_for(self._redis.set(self._probe_key, b"1", ex=60), self._timeout)
+            # The same check as /readyz: a read-only or OOM server, or missing replicas, cannot take webhooks.
+            await asyncio.wait_for(self._probe(), self._timeout)
             length = await asyncio.wait_for(self._redis.xlen(self._stream), self._timeout)
             groups: list[dict[Any, Any]] = []
             if length:
