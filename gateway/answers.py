@@ -32,11 +32,12 @@ from typing import Any
 import orjson
 
 from gateway import metrics
-from gateway.calls import call_id as call_id_of
 from gateway.capability import mint_token
 from gateway.dispatch import DispatchClient, webhook_id_of
 from gateway.inbound import InboundRequest
 from gateway.providers import PhoneCredentials, Provider
+from gateway.providers.registry import CARRIERS
+from gateway.providers.spec import AnswerRules
 from gateway.settings import ANSWER_MODES, Settings
 
 log = logging.getLogger("gateway.answers")
@@ -47,21 +48,6 @@ VARIABLES = frozenset({"phone_id", "call_id", "stream_token", "answer_url", "met
 TEXT = b"text/plain; charset=utf-8"
 XML = b"application/xml"
 JSON = b"application/json"
-_XML_DOC = '<?xml version="1.0" encoding="UTF-8"?>\n'
-_SORRY = "We are sorry, we cannot take your call right now. Please try again later."
-
-# Built-in fallbacks. Plivo XML: https://www.plivo.com/docs/voice/xml/ (Speak, Wait, Redirect, Hangup);
-# TwiML: https://www.twilio.com/docs/voice/twiml (Say, Pause, Redirect, Hangup).
-PLIVO_HANGUP = f"{_XML_DOC}<Response>\n  <Speak>{_SORRY}</Speak>\n  <Hangup/>\n</Response>\n"
-TWILIO_HANGUP = f"{_XML_DOC}<Response>\n  <Say>{_SORRY}</Say>\n  <Hangup/>\n</Response>\n"
-PLIVO_HOLD = (
-    f'{_XML_DOC}<Response>\n  <Speak>Please hold.</Speak>\n  <Wait length="2"/>\n'
-    '  <Redirect method="$method">$answer_url</Redirect>\n</Response>\n'
-)
-TWILIO_HOLD = (
-    f'{_XML_DOC}<Response>\n  <Say>Please hold.</Say>\n  <Pause length="2"/>\n'
-    '  <Redirect method="$method">$answer_url</Redirect>\n</Response>\n'
-)
 _MAX_CACHED_PHONE_TEMPLATES = 1024
 _LOG_EVERY_S = 10.0
 
@@ -151,6 +137,17 @@ def template_warnings(name: str, compiled: Compiled, has_capability_key: bool) -
     return warnings
 
 
+@dataclass(frozen=True, slots=True)
+class _CarrierAnswers:
+    """One carrier's compiled answers (carriers sharing settings share these objects)."""
+
+    rules: AnswerRules
+    template: Compiled
+    fallback: Compiled | None  # None: the fallback is a bare status (GATEWAY_EXOTEL_FALLBACK_STATUS)
+    hangup: Compiled | None
+    mode: str
+
+
 class Answerer:
     def __init__(
         self,
@@ -162,60 +159,47 @@ class Answerer:
         self._key = settings.capability_key_bytes()
         self._ttl = settings.capability_ttl_s
         self._hold_rounds = settings.answer_hold_rounds
-        self._exotel_fallback = Answer(settings.exotel_fallback_status, b"", TEXT)
-        plivo = compile_template(settings.plivo_answer_template, xml=True)
-        twilio = compile_template(settings.twilio_answer_template, xml=True)
-        exotel = compile_template(settings.exotel_answer_template, xml=False)
-        self._templates: dict[Provider, Compiled] = {
-            Provider.PLIVO: plivo,
-            Provider.VOBIZ: plivo,
-            Provider.TWILIO: twilio,
-            Provider.EXOTEL: exotel,
-        }
+        self._status_fallback = Answer(settings.exotel_fallback_status, b"", TEXT)
         hold = settings.answer_fallback == "hold"
-        plivo_fallback = compile_template(
-            settings.plivo_fallback_template or (PLIVO_HOLD if hold else PLIVO_HANGUP), xml=True
-        )
-        twilio_fallback = compile_template(
-            settings.twilio_fallback_template or (TWILIO_HOLD if hold else TWILIO_HANGUP), xml=True
-        )
-        self._fallbacks: dict[Provider, Compiled] = {
-            Provider.PLIVO: plivo_fallback,
-            Provider.VOBIZ: plivo_fallback,
-            Provider.TWILIO: twilio_fallback,
-        }
-        plivo_hangup = compile_template(PLIVO_HANGUP, xml=True)
-        self._hangups: dict[Provider, Compiled] = {
-            Provider.PLIVO: plivo_hangup,
-            Provider.VOBIZ: plivo_hangup,
-            Provider.TWILIO: compile_template(TWILIO_HANGUP, xml=True),
-        }
-        self._modes: dict[Provider, str] = {p: settings.answer_mode_for(p.value) for p in self._templates}
+        self.warnings: list[str] = []
+        self._carriers: dict[Provider, _CarrierAnswers] = {}
+        compiled_by_key: dict[str, tuple[Compiled, Compiled | None, Compiled | None]] = {}
+        for provider, spec in CARRIERS.items():
+            rules = spec.answer
+            if rules is None:
+                continue
+            if rules.settings_key not in compiled_by_key:
+                template = compile_template(settings.answer_template_for(rules.settings_key), xml=rules.xml)
+                name = f"GATEWAY_{rules.settings_key.upper()}_ANSWER_TEMPLATE"
+                self.warnings.extend(template_warnings(name, template, self._key is not None))
+                fallback = hangup = None
+                if rules.hangup is not None:
+                    builtin = rules.hold if hold and rules.hold is not None else rules.hangup
+                    fallback = compile_template(settings.fallback_template_for(rules.settings_key) or builtin, xml=True)
+                    hangup = compile_template(rules.hangup, xml=True)
+                    name = f"the fallback answer (GATEWAY_{rules.settings_key.upper()}_FALLBACK_TEMPLATE)"
+                    self.warnings.extend(template_warnings(name, fallback, self._key is not None))
+                compiled_by_key[rules.settings_key] = (template, fallback, hangup)
+            template, fallback, hangup = compiled_by_key[rules.settings_key]
+            mode = settings.answer_mode_for(provider.value)
+            self._carriers[provider] = _CarrierAnswers(rules, template, fallback, hangup, mode)
         self._per_phone: dict[str, Compiled] = {}
         self._warned: set[str] = set()
         self._fallback_log_at = 0.0
         self._fallbacks_unlogged = 0
-        self.warnings: list[str] = []
-        for name, compiled in (
-            ("GATEWAY_PLIVO_ANSWER_TEMPLATE", plivo),
-            ("GATEWAY_TWILIO_ANSWER_TEMPLATE", twilio),
-            ("GATEWAY_EXOTEL_ANSWER_TEMPLATE", exotel),
-            ("the Plivo/Vobiz fallback answer", plivo_fallback),
-            ("the Twilio fallback answer", twilio_fallback),
-        ):
-            self.warnings.extend(template_warnings(name, compiled, self._key is not None))
-        if dispatch is None and PROXY in self._modes.values():  # settings validation prevents this
+        if dispatch is None and any(c.mode == PROXY for c in self._carriers.values()):  # settings prevent this
             self.warnings.append("an answer mode is proxy but no dispatch client: every call gets the fallback")
 
     def mode_for(self, provider: Provider, config: Mapping[str, Any]) -> str:
         mode = config.get("answer_mode")
         if isinstance(mode, str) and mode in ANSWER_MODES:
             return mode
-        return self._modes.get(provider, TEMPLATE)
+        carrier = self._carriers.get(provider)
+        return carrier.mode if carrier is not None else TEMPLATE
 
     def has_content(self, provider: Provider, kind: str) -> bool:
         """False when `answer()` is the empty 200 (status callbacks, events): no need to await it."""
-        return kind == "incoming" and provider in self._templates
+        return kind == "incoming" and provider in self._carriers
 
     async def answer(
         self,
@@ -240,11 +224,12 @@ class Answerer:
     def _from_template(
         self, provider: Provider, creds: PhoneCredentials, inbound: InboundRequest, now: float
     ) -> Answer:
+        carrier = self._carriers[provider]
         phone_template = creds.config.get("answer_template")
         if isinstance(phone_template, str):
-            compiled = self._phone_template(phone_template, xml=provider is not Provider.EXOTEL)
+            compiled = self._phone_template(phone_template, xml=carrier.rules.xml)
         else:
-            compiled = self._templates[provider]
+            compiled = carrier.template
         if compiled.empty:
             return EMPTY
         return self._render(compiled, 200, creds, inbound, now, hold_round=0)
@@ -274,7 +259,7 @@ class Answerer:
     ) -> Answer:
         esc = compiled.escape
         names = compiled.names
-        call_id = call_id_of(creds.provider, inbound) or ""
+        call_id = CARRIERS[creds.provider].call_id(inbound) or ""
         values: dict[str, str] = {"phone_id": esc(creds.phone_id), "call_id": esc(call_id)}
         if "stream_token" in names:
             token = mint_token(self._key, call_id, creds.phone_id, now, self._ttl) if self._key is not None else ""
@@ -303,8 +288,9 @@ class Answerer:
         metrics.DISPATCH_LATENCY.observe(time.perf_counter() - started)
         if not reply.ok:
             return self._fallback(provider, creds, inbound, now, reply.result)
+        rules = self._carriers[provider].rules
         if reply.status == 302:
-            if provider is not Provider.EXOTEL:  # only Exotel's Passthru gives a 302 a meaning
+            if not rules.redirect_means_branch:  # only Exotel's Passthru gives a 302 a meaning
                 return self._fallback(provider, creds, inbound, now, "bad_status")
             metrics.answer_counter(provider.value, "proxied").inc()
             return Answer(302, b"", TEXT)
@@ -312,7 +298,7 @@ class Answerer:
         if reply.content_type:
             content_type = reply.content_type.encode("latin-1", "replace")
         else:
-            content_type = TEXT if provider is Provider.EXOTEL else XML
+            content_type = XML if rules.xml else TEXT
         return Answer(200, reply.body, content_type)
 
     def _fallback(
@@ -320,17 +306,16 @@ class Answerer:
     ) -> Answer:
         metrics.answer_counter(provider.value, result).inc()
         self._log_fallback(provider, creds.phone_id, result)
-        if provider is Provider.EXOTEL:
-            return self._exotel_fallback
+        carrier = self._carriers[provider]
+        if carrier.fallback is None or carrier.hangup is None:
+            return self._status_fallback
         phone_fallback = creds.config.get("fallback_template")
         compiled = (
-            self._phone_template(phone_fallback, xml=True)
-            if isinstance(phone_fallback, str)
-            else self._fallbacks[provider]
+            self._phone_template(phone_fallback, xml=True) if isinstance(phone_fallback, str) else carrier.fallback
         )
         hold_round = current_hold_round(inbound)
         if "answer_url" in compiled.names and hold_round >= self._hold_rounds:
-            compiled = self._hangups[provider]  # held long enough: hang up politely instead of looping
+            compiled = carrier.hangup  # held long enough: hang up politely instead of looping
         return self._render(compiled, 200, creds, inbound, now, hold_round=hold_round)
 
     def _log_fallback(self, provider: Provider, phone_id: str, result: str) -> None:

@@ -17,49 +17,22 @@ by the forwarder's Lua script in the same Redis round trip as the XADD:
   (recordings, late progress); later ones are rejected (403, reason `call_ended`).
 * Events without a call id (nothing to correlate) are not checked.
 
-Terminal status vocabularies:
-* Twilio `CallStatus`: completed, busy, failed, no-answer, canceled — "Final Call Statuses",
-  https://help.twilio.com/articles/223132547 (What are the possible call statuses and what do they mean?)
-* Plivo `CallStatus`: completed, busy, failed, timeout, no-answer, cancel —
-  https://www.plivo.com/docs/voice/xml/request/call-status/ and `failed` from
-  https://www.plivo.com/docs/account/api/application/ (CallStatus of outbound calls)
-* Vobiz (Plivo-compatible): completed, busy, failed, timeout, no-answer, cancel —
-  https://docs.vobiz.ai/xml/request/call-status and https://docs.vobiz.ai/xml/request
-* Exotel `Status` (StatusCallback is sent when the call reaches a terminal state):
-  completed, failed, busy, no-answer — https://developer.exotel.com/api/statuscallback and
-  https://developer.exotel.com/docs/references/webhooks; `EventType=terminal` marks the same event.
-* Telnyx: `call.hangup` — https://developers.telnyx.com/api-reference/callbacks/call-hangup;
-  out-of-order delivery: https://developers.telnyx.com/docs/voice/programmable-voice/receiving-webhooks
+Which event answers or ends a call, and each carrier's terminal statuses (with their
+sources), are carrier rules: `call_event` in each gateway/providers/<carrier>.py.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.inbound import InboundRequest
-from gateway.providers import PhoneCredentials, Provider, telnyx
+from gateway.providers import PhoneCredentials, Provider
+from gateway.providers.registry import CARRIERS
 from gateway.redis_keys import KeyNames
 
-ANSWER, END, OTHER = "a", "e", "s"
 MAX_HELD_PER_CALL = 16  # a call's held events beyond this are rejected (unknown_call)
-
-CALL_ID_PARAM: dict[Provider, str] = {
-    Provider.PLIVO: "CallUUID",
-    Provider.VOBIZ: "CallUUID",
-    Provider.TWILIO: "CallSid",
-    Provider.EXOTEL: "CallSid",
-}
-_PLIVO_TERMINAL = frozenset({"completed", "busy", "failed", "timeout", "no-answer", "cancel"})
-TERMINAL: dict[Provider, frozenset[str]] = {
-    Provider.TWILIO: frozenset({"completed", "busy", "failed", "no-answer", "canceled"}),
-    Provider.PLIVO: _PLIVO_TERMINAL,
-    Provider.VOBIZ: _PLIVO_TERMINAL,
-    Provider.EXOTEL: frozenset({"completed", "failed", "busy", "no-answer"}),
-}
-_LABEL_UNSAFE = re.compile(r"[^a-z0-9._-]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,63 +42,6 @@ class CallCheck:
     provider: str  # metric label
     keys: tuple[str, str, str]  # state hash, timeline list, held list (all in the stream's slot)
     args: tuple[str, ...]  # phase, status label, now, window s, late s, TTL s, max held
-
-
-@dataclass(frozen=True, slots=True)
-class CallEvent:
-    call_id: str
-    phase: str  # ANSWER | END | OTHER
-    status: str  # short label for the timeline ("-" when none)
-
-
-def _label(value: object) -> str:
-    """A short, safe label for the timeline (carrier-signed, but still bounded)."""
-    if not isinstance(value, str) or not value:
-        return "-"
-    return _LABEL_UNSAFE.sub("_", value.lower())[:40]
-
-
-def call_id(provider: Provider, inbound: InboundRequest) -> str | None:
-    """The carrier's call id of a form/query-based request (None for Telnyx or when absent)."""
-    name = CALL_ID_PARAM.get(provider)
-    value = inbound.params().get(name) if name else None
-    return value or None
-
-
-def classify(provider: Provider, kind: str, inbound: InboundRequest) -> CallEvent | None:
-    """What this authentic event says about its call; None when it names no call."""
-    if provider is Provider.TELNYX:
-        return _classify_telnyx(inbound.body)
-    params = inbound.params()
-    cid = params.get(CALL_ID_PARAM[provider])
-    if not cid:
-        return None
-    if provider is Provider.EXOTEL:
-        status = params.get("Status") or params.get("CallStatus") or ""
-        terminal = status in TERMINAL[provider] or params.get("EventType") == "terminal"
-    else:
-        status = params.get("CallStatus", "")
-        terminal = status in TERMINAL[provider]
-    if kind == "incoming":
-        phase = ANSWER
-    else:
-        phase = END if terminal else OTHER
-    return CallEvent(cid, phase, _label(status))
-
-
-def _classify_telnyx(body: bytes) -> CallEvent | None:
-    data = telnyx.parse_event(body)
-    if data is None:
-        return None
-    payload = data.get("payload")
-    if not isinstance(payload, Mapping):
-        return None
-    cid = payload.get("call_leg_id") or payload.get("call_control_id")
-    if not isinstance(cid, str) or not cid:
-        return None
-    event_type = data.get("event_type")
-    phase = ANSWER if event_type == "call.initiated" else END if event_type == "call.hangup" else OTHER
-    return CallEvent(cid, phase, _label(event_type))
 
 
 class CallAware:
@@ -156,7 +72,7 @@ class CallAware:
         value = creds.config.get("call_aware")  # inlined enabled_for(): this runs on every request
         if not (self._enabled if value is None else value is True):
             return None
-        event = classify(provider, kind, inbound)
+        event = CARRIERS[provider].call_event(inbound, kind)
         if event is None:
             return None
         base = self.key(creds.phone_id, event.call_id)

@@ -28,10 +28,11 @@ from urllib.parse import unquote_plus
 import orjson
 
 from gateway.inbound import InboundRequest
+from gateway.providers.registry import SECRET_PARAMS
 from gateway.random_ids import event_ids
 
 SCHEMA_VERSION = 1
-REDACTED_PARAMS = frozenset({"token"})  # Exotel's per-phone URL token is a secret
+REDACTED_PARAMS = SECRET_PARAMS  # every carrier's secret parameters (Exotel's ?token=)
 
 
 def strip_query_params(query: str, names: frozenset[str]) -> str:
@@ -54,7 +55,7 @@ def build_event(
     received_at: float,
     idempotency_key: str | None,
     key_fingerprint: str | None,
-    redact_token: bool = False,
+    redact: frozenset[str] = frozenset(),
 ) -> bytes:
     body_text: str | None
     body_b64: str | None = None
@@ -65,9 +66,9 @@ def build_event(
         body_b64 = base64.b64encode(inbound.body).decode()
     params = inbound.params()
     query = inbound.query_string
-    if redact_token:
-        params = {k: v for k, v in params.items() if k not in REDACTED_PARAMS}
-        query = strip_query_params(query, REDACTED_PARAMS)
+    if redact:  # a carrier's secret parameters (Exotel's ?token=) are never forwarded
+        params = {k: v for k, v in params.items() if k not in redact}
+        query = strip_query_params(query, redact)
     envelope: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "id": event_ids.next_hex(),

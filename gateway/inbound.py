@@ -40,6 +40,22 @@ def _unquote(text: str) -> str:
     return "".join(out)
 
 
+def wire_text(raw: str) -> str:
+    """The text of a raw path or query: ASGI gives latin-1 text of the wire bytes; carriers send UTF-8.
+
+    Text that is already real (built by hand, not read from a socket) is returned as it is;
+    wire bytes that are not UTF-8 are a rejection (never a 500).
+    """
+    if raw.isascii():
+        return raw
+    try:
+        return raw.encode("latin-1").decode("utf-8")
+    except UnicodeEncodeError:
+        return raw
+    except UnicodeDecodeError:
+        raise Rejected(Reason.MALFORMED_REQUEST, "URL is not UTF-8") from None
+
+
 def parse_pairs(text: str) -> list[tuple[str, str]]:
     """Parse a query string or form body into decoded (name, value) pairs, blanks kept.
 

@@ -26,9 +26,10 @@ from prometheus_client import (
 )
 
 from gateway.errors import NotReplicated, Reason
+from gateway.providers.registry import CARRIERS, ROUTES
 
-PROVIDERS = ("plivo", "vobiz", "exotel", "telnyx", "twilio")
-KINDS = ("incoming", "status", "voice")
+PROVIDERS = tuple(provider.value for provider in CARRIERS)
+KINDS = tuple(dict.fromkeys(route.kind for _family, route in ROUTES.values()))
 OUTCOMES = ("accepted", "duplicate", "held", "rejected", "unavailable", "too_large", "bad_request")
 ANSWER_RESULTS = ("template", "proxied", "timeout", "error", "bad_status", "too_large", "not_configured")
 CALL_EVENT_RESULTS = ("held", "released")

@@ -16,10 +16,13 @@ import base64
 import binascii
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
+from nacl.signing import VerifyKey
+
 from gateway.providers import Key, KeyKind, PhoneCredentials, Provider
+from gateway.providers.registry import CARRIERS
+from gateway.providers.spec import CredentialFields
 from gateway.sealing import Sealer
 from gateway.secrets import fingerprint
 
@@ -34,44 +37,10 @@ class InvalidRecord(ValueError):
     """The admin body is invalid. Messages name fields, never echo values."""
 
 
-@dataclass(frozen=True, slots=True)
-class FieldSpec:
-    required: tuple[str, ...]
-    optional: tuple[str, ...]
-    secret: frozenset[str]
-    key_fields: Mapping[str, KeyKind]  # credential field → verification key kind
-
-
-_PLIVO = FieldSpec(
-    required=("auth_id", "auth_token"),
-    optional=("main_auth_token",),
-    secret=frozenset({"auth_token", "main_auth_token"}),
-    key_fields={"auth_token": KeyKind.AUTH_TOKEN, "main_auth_token": KeyKind.MAIN_AUTH_TOKEN},
-)
-SPECS: dict[Provider, FieldSpec] = {
-    Provider.PLIVO: _PLIVO,
-    Provider.VOBIZ: _PLIVO,
-    Provider.TWILIO: FieldSpec(
-        required=("account_sid", "auth_token"),
-        optional=("webhook_signing_key", "webhook_signing_key_id"),
-        secret=frozenset({"auth_token", "webhook_signing_key"}),
-        key_fields={"auth_token": KeyKind.AUTH_TOKEN, "webhook_signing_key": KeyKind.TWILIO_SIGNING_KEY},
-    ),
-    Provider.TELNYX: FieldSpec(
-        required=("public_key",),
-        optional=("api_key",),
-        secret=frozenset({"api_key"}),
-        key_fields={"public_key": KeyKind.PUBLIC_KEY},
-    ),
-    Provider.EXOTEL: FieldSpec(
-        required=("api_key", "api_token"),
-        optional=("subdomain", "sid"),
-        secret=frozenset({"api_key", "api_token"}),
-        key_fields={},
-    ),
+# Secret values that live in `config` rather than `credentials` (Exotel's webhook token), by field.
+SECRET_CONFIG: dict[str, KeyKind] = {
+    name: kind for spec in CARRIERS.values() for name, kind in spec.credentials.secret_config.items()
 }
-# Secret values that live in `config` rather than `credentials`.
-SECRET_CONFIG: dict[str, KeyKind] = {"exotel_webhook_token": KeyKind.EXOTEL_WEBHOOK_TOKEN}
 PUBLIC_KEY_KINDS = frozenset({KeyKind.PUBLIC_KEY})
 TEMPLATE_MAX_CHARS = 16_384
 
@@ -115,7 +84,8 @@ def build_record(
         provider = Provider(str(body.get("provider")))
     except ValueError:
         raise InvalidRecord("provider must be one of: " + ", ".join(p.value for p in Provider)) from None
-    spec = SPECS[provider]
+    carrier = CARRIERS[provider]
+    spec: CredentialFields = carrier.credentials
     credentials = body.get("credentials")
     config = body.get("config", {}) or {}
     if not isinstance(credentials, dict):
@@ -152,15 +122,16 @@ def build_record(
     # docs/answers-and-forwards.md: answer mode of the phone's `incoming` route, call-aware opt-in/out.
     if "answer_mode" in config and config["answer_mode"] not in ("template", "proxy"):
         raise InvalidRecord('config.answer_mode must be "template" or "proxy"')
-    if "answer_mode" in config and provider is Provider.TELNYX:
-        raise InvalidRecord("config.answer_mode does not apply to telnyx phones (Call Control ignores answer bodies)")
+    if "answer_mode" in config and carrier.answer is None:
+        raise InvalidRecord(f"config.answer_mode does not apply to {provider.value} phones (it has no answer URL)")
     if "call_aware" in config and not isinstance(config["call_aware"], bool):
         raise InvalidRecord("config.call_aware must be true or false")
     for name in SECRET_CONFIG:
         if name in config and (not isinstance(config[name], str) or not URL_TOKEN_RE.match(config[name])):
             raise InvalidRecord(f"config.{name} must be 16-256 characters of A-Z a-z 0-9 . _ ~ -")
-    if "exotel_webhook_token" in config and provider is not Provider.EXOTEL:
-        raise InvalidRecord("config.exotel_webhook_token only applies to exotel phones")
+    for name in SECRET_CONFIG:
+        if name in config and name not in spec.secret_config:
+            raise InvalidRecord(f"config.{name} does not apply to {provider.value} phones")
 
     # New verification keys from this body.
     new_keys: list[dict[str, Any]] = []
@@ -169,7 +140,7 @@ def build_record(
         if value is None:
             continue
         new_keys.append(_key_entry(phone_id, kind, value, sealer, now))
-    for field_name, kind in SECRET_CONFIG.items():
+    for field_name, kind in spec.secret_config.items():
         if field_name in config:
             new_keys.append(_key_entry(phone_id, kind, config[field_name], sealer, now))
 
@@ -228,7 +199,7 @@ def _key_entry(phone_id: str, kind: KeyKind, value: str, sealer: Sealer, now: fl
 
 def public_view(record: Mapping[str, Any]) -> dict[str, Any]:
     """What the admin API and CLI show: no secret, sealed or not; fingerprints only."""
-    spec = SPECS[Provider(record["provider"])]
+    spec = CARRIERS[Provider(record["provider"])].credentials
     credentials: dict[str, Any] = dict(record.get("credentials", {}))
     for name in record.get("sealed", {}):
         credentials[name] = {"sealed": True}
@@ -258,8 +229,6 @@ def public_view(record: Mapping[str, Any]) -> dict[str, Any]:
 
 def to_credentials(record: Mapping[str, Any], sealer: Sealer, now: float) -> PhoneCredentials:
     """Unseal a stored record into what verifiers use (expired keys dropped, VerifyKeys prebuilt)."""
-    from nacl.signing import VerifyKey
-
     phone_id = record["phone_id"]
     by_kind: dict[KeyKind, list[Key]] = {}
     for entry in record.get("keys", []):

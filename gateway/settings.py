@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from gateway.redis_url import validate_url
 from gateway.secrets import Secret
 from gateway.standard_webhooks import decode_key as decode_signing_key
 
@@ -110,6 +111,18 @@ class Settings:
     def answer_mode_for(self, provider: str) -> str:
         """The configured answer mode of a provider's `incoming` route (a phone's config may override it)."""
         return self.provider_answer_modes.get(provider, self.answer_mode)
+
+    def answer_template_for(self, settings_key: str) -> str:
+        """GATEWAY_<KEY>_ANSWER_TEMPLATE for a carrier's `AnswerRules.settings_key` (plivo, twilio, exotel)."""
+        return {
+            "plivo": self.plivo_answer_template,
+            "twilio": self.twilio_answer_template,
+            "exotel": self.exotel_answer_template,
+        }[settings_key]
+
+    def fallback_template_for(self, settings_key: str) -> str | None:
+        """GATEWAY_<KEY>_FALLBACK_TEMPLATE, or None for the carrier's built-in fallback."""
+        return {"plivo": self.plivo_fallback_template, "twilio": self.twilio_fallback_template}.get(settings_key)
 
     def forward_signing_key_bytes(self) -> tuple[bytes, ...]:
         """GATEWAY_FORWARD_SIGNING_KEY decoded for standard_webhooks.headers(), newest first."""
@@ -396,8 +409,6 @@ def _parse_answers_and_forwards(get: Callable[[str], str | None], kwargs: dict[s
 
 def _check_redis_topology(get: Callable[[str], str | None], kwargs: dict[str, Any]) -> None:
     """GATEWAY_REDIS_URL's form against GATEWAY_REDIS_CLUSTER, and GATEWAY_REDIS_WAIT_REPLICAS."""
-    from gateway.redis_client import validate_url  # imports redis; settings stays importable without it
-
     if "redis_url" in kwargs:
         try:
             validate_url(kwargs["redis_url"], kwargs.get("redis_cluster", False))

@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import functools
 import logging
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-
-from nacl.signing import VerifyKey
 
 from gateway import metrics
 from gateway.answers import Answerer
@@ -37,33 +34,13 @@ from gateway.events import build_event
 from gateway.forwarder import Forwarder, Outcome
 from gateway.inbound import InboundRequest
 from gateway.keystore import NOT_CACHED, KeyStore
-from gateway.providers import (
-    ROUTE_PROVIDERS,
-    Key,
-    KeyKind,
-    PhoneCredentials,
-    Provider,
-    RouteFamily,
-    Verifier,
-    exotel,
-    plivo,
-    telnyx,
-    twilio,
-)
+from gateway.providers import PhoneCredentials, Provider, RouteFamily, Verifier
+from gateway.providers.registry import CARRIERS, FAMILY_PROVIDERS, ROUTES, decoy_for
 from gateway.proxy import OriginResolver
 
 access_log = logging.getLogger("gateway.access")
 log = logging.getLogger("gateway.webhooks")
 
-IdempotencyFn = Callable[[InboundRequest, str], "str | None"]
-
-IDEMPOTENCY: dict[Provider, IdempotencyFn] = {
-    Provider.PLIVO: plivo.idempotency_key,
-    Provider.VOBIZ: plivo.idempotency_key,
-    Provider.TWILIO: twilio.idempotency_key,
-    Provider.TELNYX: telnyx.idempotency_key,
-    Provider.EXOTEL: exotel.idempotency_key,
-}
 ALLOWED_METHODS = frozenset({"GET", "POST"})
 _RETRY_AFTER = [(b"retry-after", str(RETRY_AFTER_S).encode())]
 _NO_DUPLICATES: frozenset[str] = frozenset()
@@ -94,28 +71,19 @@ class Route:
 
 
 def match_route(path: str) -> Route | None:
-    """Webhook routes from design.md; anything else is not a webhook."""
+    """The carriers' webhook routes (gateway/providers/registry.py); anything else is not a webhook."""
     # A phone's routes repeat on every callback: remembered, short paths only (bounded memory).
     return _cached_route(path) if len(path) <= 256 else _match_route(path)
 
 
 def _match_route(path: str) -> Route | None:
-    parts = path.split("/")
-    # ["", family, kind, phone_id]
-    if len(parts) == 4 and parts[0] == "" and parts[2] in ("incoming", "status") and parts[3]:
-        family = parts[1]
-        if family == "plivo":
-            return Route(RouteFamily.PLIVO, parts[2], parts[3])
-        if family == "twilio":
-            return Route(RouteFamily.TWILIO, parts[2], parts[3])
-        if family == "exotel":
-            return Route(RouteFamily.EXOTEL, parts[2], parts[3])
-        return None
-    if len(parts) >= 4 and parts[1] == "webhooks" and parts[2] == "telnyx" and parts[3] == "voice":
-        if len(parts) == 4:
-            return Route(RouteFamily.TELNYX, "voice", None)
-        if len(parts) == 5 and parts[4]:
-            return Route(RouteFamily.TELNYX, "voice", parts[4])
+    prefix, _, phone_id = path.rpartition("/")
+    found = ROUTES.get(prefix)
+    if found is not None and phone_id:  # prefix/{phone_id}
+        return Route(found[0], found[1].kind, phone_id)
+    found = ROUTES.get(path)
+    if found is not None and found[1].phone_id_optional:  # the prefix alone: phone found from the event
+        return Route(found[0], found[1].kind, None)
     return None
 
 
@@ -123,30 +91,25 @@ _cached_route = functools.lru_cache(maxsize=4096)(_match_route)
 
 
 def _decoys() -> dict[RouteFamily, PhoneCredentials]:
-    """Credentials no request can match, verified against for unknown phones.
+    """Credentials no request can match, verified against for unknown phones of each family.
 
     An unknown phone id then gets exactly the answer a real phone gives for a bad
     signature (401 when unsigned, 403 otherwise), so phone ids cannot be enumerated.
     """
+    return {family: decoy_for(family) for family in RouteFamily}
 
-    def key(material: bytes, prepared: object = None) -> Key:
-        return Key(material=material, fingerprint="decoy", prepared=prepared)
 
-    public = secrets.token_bytes(32)
-    return {
-        RouteFamily.PLIVO: PhoneCredentials(
-            "decoy", Provider.VOBIZ, {KeyKind.AUTH_TOKEN: (key(secrets.token_bytes(32)),)}
-        ),
-        RouteFamily.TWILIO: PhoneCredentials(
-            "decoy", Provider.TWILIO, {KeyKind.AUTH_TOKEN: (key(secrets.token_bytes(32)),)}
-        ),
-        RouteFamily.TELNYX: PhoneCredentials(
-            "decoy", Provider.TELNYX, {KeyKind.PUBLIC_KEY: (key(public, VerifyKey(public)),)}
-        ),
-        RouteFamily.EXOTEL: PhoneCredentials(
-            "decoy", Provider.EXOTEL, {KeyKind.EXOTEL_WEBHOOK_TOKEN: (key(secrets.token_urlsafe(24).encode()),)}
-        ),
-    }
+def _no_numbers(_body: bytes) -> list[str]:
+    return []
+
+
+def _numbers_in_body() -> dict[RouteFamily, Callable[[bytes], list[str]]]:
+    """Per family, how to find our number in an event (routes whose phone id is optional)."""
+    found: dict[RouteFamily, Callable[[bytes], list[str]]] = dict.fromkeys(RouteFamily, _no_numbers)
+    for spec in CARRIERS.values():
+        if spec.numbers_in_body is not None:
+            found[spec.family] = spec.numbers_in_body
+    return found
 
 
 class WebhookHandler:
@@ -173,6 +136,7 @@ class WebhookHandler:
         self._max_body = max_body_bytes
         self._clock = clock
         self._decoys = _decoys()
+        self._numbers_in_body = _numbers_in_body()
         self._explain = explain  # gateway/explain.py: diagnoses failed signatures, never accepts
         # GATEWAY_ACCESS_LOG: a line costs about a tenth of an accepted request's CPU, and the
         # metrics and the stream already record every accepted one; refusals and 503s are what
@@ -262,13 +226,14 @@ class WebhookHandler:
                 creds = await self._resolve_phone(route, inbound)
         except Unavailable:
             return await self._unavailable(send, provider_label)
-        if creds is None or creds.provider not in ROUTE_PROVIDERS[route.family]:
+        if creds is None or creds.provider not in FAMILY_PROVIDERS[route.family]:
             return await self._reject_unknown(send, route, inbound, now)
         provider = creds.provider
         provider_label = _LABELS[provider]
+        spec = CARRIERS[provider]
         try:
             verified = self._verifiers[provider].verify(inbound, creds, now)
-            idempotency_key = IDEMPOTENCY[provider](inbound, route.kind)
+            idempotency_key = spec.idempotency_key(inbound, route.kind)
             event = build_event(
                 inbound,
                 provider=provider_label,
@@ -277,7 +242,7 @@ class WebhookHandler:
                 received_at=now,
                 idempotency_key=idempotency_key,
                 key_fingerprint=verified.key_fingerprint,
-                redact_token=provider is Provider.EXOTEL,
+                redact=spec.secret_params,
             )
             call = self._calls.check(provider, route.kind, creds, inbound, now) if self._calls is not None else None
             result, _entry_id = await self._forwarder.forward(
@@ -315,8 +280,8 @@ class WebhookHandler:
     async def _resolve_phone(self, route: Route, inbound: InboundRequest) -> PhoneCredentials | None:
         if route.phone_id is not None:
             return await self._keystore.credentials(route.phone_id)
-        # Telnyx without a phone in the path: find it from the event's own number.
-        for number in telnyx.event_numbers(inbound.body):
+        # No phone in the path (Telnyx): find it from the event's own number.
+        for number in self._numbers_in_body[route.family](inbound.body):
             phone_id = await self._keystore.phone_for_number(number)
             if phone_id is not None:
                 return await self._keystore.credentials(phone_id)

@@ -24,9 +24,11 @@ import pytest
 import redis
 
 from gateway import standard_webhooks as sw
-from gateway.answers import PLIVO_HANGUP, TWILIO_HANGUP, Answerer
+from gateway.answers import Answerer
 from gateway.capability import InvalidToken, verify_token
 from gateway.embedded_redis import free_port
+from gateway.providers.plivo import HANGUP as PLIVO_HANGUP
+from gateway.providers.twilio import HANGUP as TWILIO_HANGUP
 from gateway.settings import SettingsError, from_env
 from tests.builders import new_token, plivo_params, plivo_phone, plivo_request
 from tests.builders_carriers import (

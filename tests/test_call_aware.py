@@ -15,9 +15,11 @@ import orjson
 import pytest
 import redis
 
-from gateway.calls import CallAware, classify
+from gateway.calls import CallAware
 from gateway.inbound import InboundRequest
 from gateway.providers import Provider
+from gateway.providers.registry import CARRIERS
+from gateway.providers.spec import CallEvent
 from gateway.redis_keys import KeyNames
 from tests.builders import new_token, plivo_params, plivo_phone, plivo_request
 from tests.builders_carriers import (
@@ -286,6 +288,10 @@ def test_exotel_terminal_status(gw: RunningGateway, redis_sync: redis.Redis, clo
 def _inbound(query: str = "", body: bytes = b"", content_type: str = "") -> InboundRequest:
     headers = {"content-type": content_type} if content_type else {}
     return InboundRequest("POST", "https", "hooks.example.com", "/x", query, headers, body, "192.0.2.1")
+
+
+def classify(provider: Provider, kind: str, inbound: InboundRequest) -> CallEvent | None:
+    return CARRIERS[provider].call_event(inbound, kind)
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ from jsonschema import Draft202012Validator, FormatChecker
 
 from gateway.events import SCHEMA_VERSION, build_event
 from gateway.inbound import InboundRequest
+from gateway.providers import exotel
 from tests.builders import new_token, plivo_phone, plivo_request
 from tests.builders_carriers import (
     exotel_phone,
@@ -136,7 +137,7 @@ def _built(body: bytes, content_type: str = "application/x-www-form-urlencoded")
         received_at=1_700_000_000.25,
         idempotency_key=None,
         key_fingerprint=None,
-        redact_token=True,
+        redact=exotel.SPEC.secret_params,
     )
 
 

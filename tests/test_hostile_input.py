@@ -52,12 +52,13 @@ from gateway.providers import (
     plivo,
     telnyx,
     twilio,
+    vobiz,
 )
 from gateway.providers.exotel import Allowlist, ExotelVerifier
 from gateway.providers.plivo import PlivoVerifier
+from gateway.providers.registry import CARRIERS as SPECS
 from gateway.providers.telnyx import TelnyxVerifier
 from gateway.providers.twilio import TwilioVerifier
-from gateway.webhooks import IDEMPOTENCY
 from tests.support import RunningGateway, make_settings, run_gateway, spawn_gateway
 
 NOW = 1_795_000_000.0
@@ -219,7 +220,7 @@ def carriers() -> list[Carrier]:
     allowlist = Allowlist.parse("203.0.113.0/24,2001:db8::/32")
     return [
         Carrier("plivo", PlivoVerifier(), PhoneCredentials("ph_1", Provider.PLIVO, auth)),
-        Carrier("vobiz", PlivoVerifier(), PhoneCredentials("ph_1", Provider.VOBIZ, auth)),
+        Carrier("vobiz", vobiz.verifier(), PhoneCredentials("ph_1", Provider.VOBIZ, auth)),
         Carrier(
             "twilio",
             TwilioVerifier(),
@@ -248,7 +249,7 @@ CARRIERS = {carrier.name: carrier for carrier in carriers()}
 def after_verification(inbound: InboundRequest, provider: Provider, kind: str = "status") -> None:
     """What the edge does with a verified request: it may refuse it, never crash."""
     try:
-        key = IDEMPOTENCY[provider](inbound, kind)
+        key = SPECS[provider].idempotency_key(inbound, kind)
         build_event(
             inbound,
             provider=provider.value,
@@ -257,7 +258,7 @@ def after_verification(inbound: InboundRequest, provider: Provider, kind: str = 
             received_at=NOW,
             idempotency_key=key,
             key_fingerprint="fp",
-            redact_token=provider is Provider.EXOTEL,
+            redact=SPECS[provider].secret_params,
         )
     except Rejected:
         pass

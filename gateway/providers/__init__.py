@@ -1,7 +1,8 @@
-"""Carrier verifiers: pure, synchronous functions of (request, credentials, clock).
+"""Carriers: one file each (its verifier and every other rule of it), and the types they share.
 
-They import neither Redis nor Starlette, so they can be tested against the
-shared vectors without a server. Each verifier either returns `Verified` or
+Verifiers are pure, synchronous functions of (request, credentials, clock). They import
+neither Redis nor Starlette, so they are tested against the carriers' SDK vectors
+without a server. Each verifier either returns `Verified` or
 raises `Rejected(reason)`; every parse or crypto failure inside a verifier is
 folded into a reason, never an unexpected exception.
 """
@@ -33,14 +34,6 @@ class RouteFamily(enum.StrEnum):
     EXOTEL = "exotel"
     TELNYX = "telnyx"
     TWILIO = "twilio"
-
-
-ROUTE_PROVIDERS: dict[RouteFamily, frozenset[Provider]] = {
-    RouteFamily.PLIVO: frozenset({Provider.PLIVO, Provider.VOBIZ}),
-    RouteFamily.EXOTEL: frozenset({Provider.EXOTEL}),
-    RouteFamily.TELNYX: frozenset({Provider.TELNYX}),
-    RouteFamily.TWILIO: frozenset({Provider.TWILIO}),
-}
 
 
 class KeyKind(enum.StrEnum):

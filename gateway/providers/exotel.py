@@ -8,104 +8,27 @@ EXOTEL_ALLOWED_IPS) and everything fails closed: an empty allowlist rejects ever
 
 from __future__ import annotations
 
-import datetime
 import hmac
-import ipaddress
-import os
-from collections.abc import Iterable
-from pathlib import Path
+import secrets
 
 from gateway.errors import Reason, Rejected
 from gateway.inbound import InboundRequest
-from gateway.providers import KeyKind, PhoneCredentials, Verified, params_digest, quote_part
+from gateway.providers import Key, KeyKind, PhoneCredentials, Provider, RouteFamily, Verified, params_digest, quote_part
+from gateway.providers.allowlist import Allowlist
+from gateway.providers.spec import (
+    AnswerRules,
+    CallEvent,
+    CarrierSpec,
+    CredentialFields,
+    RouteSpec,
+    form_call_event,
+)
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-TOKEN_PARAM = "token"
-_FILE_FIELDS = 4  # CIDR, region, source, date
-
-
-def parse_network(entry: str) -> Network:
-    """One allowlist entry (address or CIDR, host bits must be zero); ValueError names it."""
-    try:
-        network = ipaddress.ip_network(entry, strict=True)
-    except ValueError as exc:
-        raise ValueError(f"invalid allowlist entry {entry!r}: {exc}") from None
-    if network.prefixlen == 0:  # "0.0.0.0/0" or "::/0" would switch the check off
-        raise ValueError(f"invalid allowlist entry {entry!r}: matches every address")
-    return network
-
-
-class Allowlist:
-    """A fixed set of IPv4/IPv6 networks. Empty means: allow nobody."""
-
-    __slots__ = ("_networks", "_v4", "_v6")
-
-    def __init__(self, networks: Iterable[Network] = ()) -> None:
-        self._networks = tuple(dict.fromkeys(networks))
-        # (network, mask) as integers: membership is one AND and one compare per entry.
-        self._v4 = tuple((int(n.network_address), int(n.netmask)) for n in self._networks if n.version == 4)
-        self._v6 = tuple((int(n.network_address), int(n.netmask)) for n in self._networks if n.version == 6)
-
-    @classmethod
-    def parse(cls, text: str) -> Allowlist:
-        """From a comma-separated list (EXOTEL_ALLOWED_IPS); blank items are ignored."""
-        return cls(parse_network(item.strip()) for item in text.split(",") if item.strip())
-
-    @classmethod
-    def load_file(cls, path: str | os.PathLike[str]) -> Allowlist:
-        """From the data file: one `CIDR, region, source, YYYY-MM-DD` entry a line.
-
-        Whole-line `#` comments and blank lines are skipped (a `#` inside a line is part
-        of it: sources are URLs). An entry without its region, source and date cannot be
-        traced, so it is an error, naming the file and line.
-        """
-        networks: list[Network] = []
-        text = Path(path).read_text(encoding="utf-8")
-        for number, line in enumerate(text.splitlines(), start=1):
-            stripped = line.strip()
-            if not stripped or stripped.startswith("#"):
-                continue
-            fields = [field.strip() for field in stripped.split(",")]
-            try:
-                if len(fields) != _FILE_FIELDS or not all(fields):
-                    raise ValueError("expected 'CIDR, region, source, YYYY-MM-DD'")
-                datetime.date.fromisoformat(fields[3])
-                networks.append(parse_network(fields[0]))
-            except ValueError as exc:
-                raise ValueError(f"{path}:{number}: {exc}") from None
-        return cls(networks)
-
-    @property
-    def networks(self) -> tuple[Network, ...]:
-        return self._networks
-
-    def __len__(self) -> int:
-        return len(self._networks)
-
-    def __repr__(self) -> str:
-        return f"Allowlist({[str(n) for n in self._networks]})"
-
-    def contains(self, ip: str) -> bool:
-        """Whether `ip` is in the list; anything that is not an IP address is not."""
-        try:
-            address = ipaddress.ip_address(ip)
-        except (ValueError, TypeError):
-            return False
-        if isinstance(address, ipaddress.IPv4Address):
-            return _member(int(address), self._v4)
-        if _member(int(address), self._v6):
-            return True
-        # A dual-stack socket reports an IPv4 peer as ::ffff:a.b.c.d: judge it as IPv4.
-        mapped = address.ipv4_mapped
-        return mapped is not None and _member(int(mapped), self._v4)
-
-
-def _member(value: int, table: tuple[tuple[int, int], ...]) -> bool:
-    for network, mask in table:
-        if value & mask == network:
-            return True
-    return False
+TOKEN_PARAM = "token"  # the phone's secret URL token: never forwarded, logged or part of a key
+# Exotel `Status` (StatusCallback is sent when the call reaches a terminal state): completed,
+# failed, busy, no-answer — https://developer.exotel.com/api/statuscallback and
+# https://developer.exotel.com/docs/references/webhooks; `EventType=terminal` marks the same event.
+TERMINAL_STATUSES = frozenset({"completed", "failed", "busy", "no-answer"})
 
 
 class ExotelVerifier:
@@ -135,7 +58,7 @@ class ExotelVerifier:
         raise Rejected(Reason.INVALID_TOKEN)
 
 
-_SECRET_PARAMS = frozenset({"token"})  # Exotel's per-phone URL token never enters a key
+_SECRET_PARAMS = frozenset({TOKEN_PARAM})
 
 
 def idempotency_key(inbound: InboundRequest, kind: str) -> str | None:
@@ -151,3 +74,60 @@ def idempotency_key(inbound: InboundRequest, kind: str) -> str | None:
         return None
     status = params.get("Status") or params.get("CallStatus") or params_digest(params, exclude=_SECRET_PARAMS)
     return ":".join([quote_part(part) for part in (kind, call_sid, status)])
+
+
+def call_event(inbound: InboundRequest, kind: str) -> CallEvent | None:
+    return form_call_event(
+        inbound,
+        kind,
+        call_id_param="CallSid",
+        status_params=("Status", "CallStatus"),
+        terminal=TERMINAL_STATUSES,
+        terminal_flag=("EventType", "terminal"),
+    )
+
+
+def call_id(inbound: InboundRequest) -> str | None:
+    return inbound.params().get("CallSid") or None
+
+
+def decoy() -> PhoneCredentials:
+    """A phone with a random token: an unknown phone id is answered like a wrong token (or IP)."""
+    key = Key(material=secrets.token_urlsafe(24).encode(), fingerprint="decoy")
+    return PhoneCredentials("decoy", Provider.EXOTEL, {KeyKind.EXOTEL_WEBHOOK_TOKEN: (key,)})
+
+
+def sample_params() -> list[tuple[str, str]]:
+    """A plausible inbound-call callback with a fresh CallSid (for `gateway sign`)."""
+    return [
+        ("CallSid", secrets.token_hex(16)),
+        ("CallFrom", "+14155550100"),
+        ("CallTo", "+14155550101"),
+        ("Direction", "incoming"),
+        ("Status", "ringing"),
+    ]
+
+
+SPEC = CarrierSpec(
+    provider=Provider.EXOTEL,
+    family=RouteFamily.EXOTEL,
+    routes=(RouteSpec("/exotel/incoming", "incoming"), RouteSpec("/exotel/status", "status")),
+    make_verifier=lambda options: ExotelVerifier(options.ip_allowlist),
+    credentials=CredentialFields(
+        required=("api_key", "api_token"),
+        optional=("subdomain", "sid"),
+        secret=frozenset({"api_key", "api_token"}),
+        key_fields={},
+        secret_config={"exotel_webhook_token": KeyKind.EXOTEL_WEBHOOK_TOKEN},
+    ),
+    idempotency_key=idempotency_key,
+    call_event=call_event,
+    call_id=call_id,
+    # Passthru branches on the status code only: a body is optional, and the fallback is a
+    # bare status (GATEWAY_EXOTEL_FALLBACK_STATUS); a 302 from dispatch selects the second branch.
+    answer=AnswerRules(settings_key="exotel", xml=False, hangup=None, hold=None, redirect_means_branch=True),
+    signature_headers=(),
+    decoy=decoy,
+    secret_params=_SECRET_PARAMS,
+    sample_params=sample_params,
+)

@@ -1,9 +1,9 @@
-"""Plivo and Vobiz: `X-Plivo-Signature-V3` (and Vobiz's own `X-Vobiz-Signature-V3`).
+"""Plivo: `X-Plivo-Signature-V3` (HMAC-SHA256 over URL, sorted parameters and a nonce).
 
 Plivo V3 is bit-exact with plivo-python 4.63.0 `plivo/utils/signature_v3.py`
 (`validate_v3_signature`); the quirks it has, and which we keep, are noted where
-they are implemented. Vobiz's header follows Vobiz's "Validating Callbacks" doc:
-base64(HMAC-SHA256(auth token, callback URL without its query + "." + nonce)).
+they are implemented. Vobiz (gateway/providers/vobiz.py) sends the same header, and
+reuses this verifier with its own header family added.
 
 The older `X-Plivo-Signature-V2` / `X-Vobiz-Signature-V2` (URL + nonce only) is never
 accepted: one captured header would vouch for any body (a downgrade).
@@ -14,14 +14,16 @@ from __future__ import annotations
 import binascii
 import functools
 import hmac
-from collections.abc import Iterable, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from urllib.parse import urlparse, urlunparse
 
 from gateway.errors import Reason, Rejected
-from gateway.inbound import InboundRequest, parse_pairs
-from gateway.providers import KeyKind, PhoneCredentials, Provider, Verified, params_digest, quote_part
+from gateway.inbound import InboundRequest, parse_pairs, wire_text
+from gateway.providers import KeyKind, PhoneCredentials, Provider, RouteFamily, Verified, params_digest, quote_part
+from gateway.providers.spec import AnswerRules, CallEvent, CarrierSpec, CredentialFields, RouteSpec, form_call_event
 
 Pairs = Sequence[tuple[str, str]]
 Params = Mapping[str, str] | Iterable[tuple[str, str]]
@@ -30,31 +32,6 @@ _ALLOWED_METHODS = frozenset({"GET", "POST"})
 # base64 of a 32-byte HMAC-SHA256 digest, with padding: anything else can never match.
 _B64_SHA256_LEN = 44
 
-
-@dataclass(frozen=True, slots=True)
-class _Scheme:
-    """One header family we accept: where the signature and nonce are, which keys sign it."""
-
-    signature_header: str
-    nonce_header: str
-    key_kind: KeyKind
-    vobiz: bool  # True: Vobiz's string (base URL + "." + nonce); False: Plivo V3's
-    split_signatures: bool  # Plivo sends several comma-separated signatures in one header
-
-
-_PLIVO_V3 = _Scheme("x-plivo-signature-v3", "x-plivo-signature-v3-nonce", KeyKind.AUTH_TOKEN, False, True)
-# Sub-account callbacks also carry a signature made with the main account's token.
-_PLIVO_MA_V3 = _Scheme("x-plivo-signature-ma-v3", "x-plivo-signature-v3-nonce", KeyKind.MAIN_AUTH_TOKEN, False, True)
-_VOBIZ_V3 = _Scheme("x-vobiz-signature-v3", "x-vobiz-signature-v3-nonce", KeyKind.AUTH_TOKEN, True, False)
-_VOBIZ_MA_V3 = _Scheme("x-vobiz-signature-ma-v3", "x-vobiz-signature-v3-nonce", KeyKind.MAIN_AUTH_TOKEN, True, False)
-
-# The platform routes Vobiz numbers through /plivo/... and verifies the Plivo V3 header
-# with the Vobiz token (providers.md); Vobiz's own header is accepted as well.
-_SCHEMES: dict[Provider, tuple[_Scheme, ...]] = {
-    Provider.PLIVO: (_PLIVO_V3, _PLIVO_MA_V3),
-    Provider.VOBIZ: (_PLIVO_V3, _PLIVO_MA_V3, _VOBIZ_V3, _VOBIZ_MA_V3),
-}
-_DOWNGRADE_HEADERS = ("x-plivo-signature-v2", "x-vobiz-signature-v2", "x-vobiz-signature")
 
 # When several header families fail, report the most telling reason.
 _SEVERITY = {Reason.MISSING_SIGNATURE: 0, Reason.MALFORMED_SIGNATURE: 1, Reason.INVALID_SIGNATURE: 2}
@@ -129,7 +106,7 @@ def v3_string_to_sign(method: str, url: str, params: Params | None, nonce: str) 
     return _v3_message(method, base, parse_pairs(parsed.query), pairs, nonce)
 
 
-def _b64_hmac_sha256(key: bytes, message: bytes) -> bytes:
+def b64_hmac_sha256(key: bytes, message: bytes) -> bytes:
     return binascii.b2a_base64(hmac.digest(key, message, "sha256"), newline=False)  # = base64.b64encode
 
 
@@ -138,37 +115,41 @@ def sign_v3(auth_token: str, method: str, url: str, params: Params | None, nonce
 
     e.g. `sign_v3(token, "POST", "https://hooks.example.com/plivo/status/ph_1", [("CallUUID", "u1")], "4242")`.
     """
-    return _b64_hmac_sha256(auth_token.encode("utf-8"), v3_string_to_sign(method, url, params, nonce)).decode()
+    return b64_hmac_sha256(auth_token.encode("utf-8"), v3_string_to_sign(method, url, params, nonce)).decode()
 
 
-def vobiz_v3_string_to_sign(url: str, nonce: str) -> bytes:
-    """Vobiz V3: the callback URL without its query, "." and the nonce."""
-    base = url.partition("#")[0].partition("?")[0]
-    return f"{base}.{nonce}".encode("utf-8", "surrogatepass")
+@dataclass(frozen=True, slots=True)
+class V3Scheme:
+    """One header family we accept: where the signature and nonce are, which keys sign it."""
+
+    signature_header: str
+    nonce_header: str
+    key_kind: KeyKind
+    message: Callable[[InboundRequest, str], bytes]  # (request, nonce) -> the signed bytes
+    split_signatures: bool  # Plivo sends several comma-separated signatures in one header
 
 
-def sign_vobiz_v3(auth_token: str, url: str, nonce: str) -> str:
-    """The `X-Vobiz-Signature-V3` value Vobiz would send for this callback."""
-    return _b64_hmac_sha256(auth_token.encode("utf-8"), vobiz_v3_string_to_sign(url, nonce)).decode()
+def _plivo_message(inbound: InboundRequest, nonce: str) -> bytes:
+    base = _sdk_base_url(f"{inbound.scheme}://{inbound.netloc}{wire_text(inbound.raw_path)}")
+    params = inbound.form_params() if inbound.method == "POST" else ()
+    return _v3_message(inbound.method, base, inbound.query_params(), params, nonce)
+
+
+SIGNATURE_HEADER = "x-plivo-signature-v3"
+NONCE_HEADER = "x-plivo-signature-v3-nonce"
+PLIVO_SCHEMES = (
+    V3Scheme(SIGNATURE_HEADER, NONCE_HEADER, KeyKind.AUTH_TOKEN, _plivo_message, True),
+    # Sub-account callbacks also carry a signature made with the main account's token.
+    V3Scheme("x-plivo-signature-ma-v3", NONCE_HEADER, KeyKind.MAIN_AUTH_TOKEN, _plivo_message, True),
+)
+DOWNGRADE_HEADERS = ("x-plivo-signature-v2", "x-vobiz-signature-v2", "x-vobiz-signature")
 
 
 # --- the verifier ---
 
 
-def _wire_text(raw: str) -> str:
-    """The ASGI raw path/query is latin-1 text of the wire bytes; carriers send UTF-8."""
-    if raw.isascii():
-        return raw
-    try:
-        return raw.encode("latin-1").decode("utf-8")
-    except UnicodeEncodeError:  # already real text (built by hand, not from a socket)
-        return raw
-    except UnicodeDecodeError:
-        raise Rejected(Reason.MALFORMED_REQUEST, "URL path is not UTF-8") from None
-
-
 class PlivoVerifier:
-    """Verifies Plivo V3 (and, for Vobiz phones, Vobiz V3) callbacks.
+    """Verifies Plivo V3 callbacks (and, given Vobiz's schemes, Vobiz's: gateway/providers/vobiz.py).
 
     Accepts when any active key of the header's kind reproduces one of the signatures.
     `Verified.nonce` is the nonce that was signed: the caller must remember it per phone
@@ -178,9 +159,13 @@ class PlivoVerifier:
     exactly like an absent one (and the Telnyx SDK treats empty headers that way too).
     """
 
+    def __init__(self, provider: Provider = Provider.PLIVO, schemes: tuple[V3Scheme, ...] = PLIVO_SCHEMES) -> None:
+        self._provider = provider
+        self._schemes = schemes
+
     def verify(self, inbound: InboundRequest, creds: PhoneCredentials, now: float) -> Verified:
-        schemes = _SCHEMES.get(creds.provider)
-        if schemes is None:
+        schemes = self._schemes
+        if creds.provider is not self._provider:
             raise Rejected(Reason.WRONG_PROVIDER, creds.provider)
         if inbound.method not in _ALLOWED_METHODS:
             raise Rejected(Reason.METHOD_NOT_ALLOWED, inbound.method)
@@ -211,7 +196,7 @@ class PlivoVerifier:
                 reason, why = verified, scheme.signature_header
             if _SEVERITY[reason] >= _SEVERITY[failure]:
                 failure, detail = reason, why
-        if failure is Reason.MISSING_SIGNATURE and any(inbound.headers.get(h) for h in _DOWNGRADE_HEADERS):
+        if failure is Reason.MISSING_SIGNATURE and any(inbound.headers.get(h) for h in DOWNGRADE_HEADERS):
             detail = "only a V1/V2 signature: not accepted (downgrade)"
         raise Rejected(failure, detail)
 
@@ -220,7 +205,7 @@ class PlivoVerifier:
         inbound: InboundRequest,
         creds: PhoneCredentials,
         now: float,
-        scheme: _Scheme,
+        scheme: V3Scheme,
         signature: str,
         nonce: str,
     ) -> Verified | Reason:
@@ -230,26 +215,15 @@ class PlivoVerifier:
         candidates = [c for c in candidates if len(c) == _B64_SHA256_LEN]
         if not candidates:
             return Reason.MALFORMED_SIGNATURE
-        message = _vobiz_message(inbound, nonce) if scheme.vobiz else _plivo_message(inbound, nonce)
+        message = scheme.message(inbound, nonce)
         for key in creds.active_keys(scheme.key_kind, now):
-            expected = _b64_hmac_sha256(key.material, message)
+            expected = b64_hmac_sha256(key.material, message)
             matched = False
             for candidate in candidates:
                 matched |= hmac.compare_digest(expected, candidate)
             if matched:
                 return Verified(key_fingerprint=key.fingerprint, nonce=nonce)
         return Reason.INVALID_SIGNATURE
-
-
-def _plivo_message(inbound: InboundRequest, nonce: str) -> bytes:
-    base = _sdk_base_url(f"{inbound.scheme}://{inbound.netloc}{_wire_text(inbound.raw_path)}")
-    params = inbound.form_params() if inbound.method == "POST" else ()
-    return _v3_message(inbound.method, base, inbound.query_params(), params, nonce)
-
-
-def _vobiz_message(inbound: InboundRequest, nonce: str) -> bytes:
-    base = f"{inbound.scheme}://{inbound.netloc}{_wire_text(inbound.raw_path)}"
-    return f"{base}.{nonce}".encode("utf-8", "surrogatepass")
 
 
 def idempotency_key(inbound: InboundRequest, kind: str) -> str | None:
@@ -268,3 +242,66 @@ def idempotency_key(inbound: InboundRequest, kind: str) -> str | None:
     if event:
         parts.append(event)
     return ":".join([quote_part(part) for part in parts])
+
+
+# Plivo `CallStatus` terminal values: completed, busy, failed, timeout, no-answer, cancel —
+# https://www.plivo.com/docs/voice/xml/request/call-status/ and `failed` from
+# https://www.plivo.com/docs/account/api/application/ (CallStatus of outbound calls)
+TERMINAL_STATUSES = frozenset({"completed", "busy", "failed", "timeout", "no-answer", "cancel"})
+
+
+def call_event(inbound: InboundRequest, kind: str) -> CallEvent | None:
+    return form_call_event(
+        inbound, kind, call_id_param="CallUUID", status_params=("CallStatus",), terminal=TERMINAL_STATUSES
+    )
+
+
+def call_id(inbound: InboundRequest) -> str | None:
+    return inbound.params().get("CallUUID") or None
+
+
+def sample_params() -> list[tuple[str, str]]:
+    """A plausible inbound-call callback with a fresh CallUUID (for `gateway sign`)."""
+    return [
+        ("CallUUID", str(uuid.uuid4())),
+        ("CallStatus", "ringing"),
+        ("Direction", "inbound"),
+        ("Event", "StartApp"),
+        ("From", "+14155550100"),
+        ("To", "+14155550101"),
+    ]
+
+
+# Built-in fallback answers, Plivo XML: https://www.plivo.com/docs/voice/xml/ (Speak, Wait, Redirect, Hangup).
+_XML_DOC = '<?xml version="1.0" encoding="UTF-8"?>\n'
+HANGUP = (
+    f"{_XML_DOC}<Response>\n  <Speak>We are sorry, we cannot take your call right now. "
+    "Please try again later.</Speak>\n  <Hangup/>\n</Response>\n"
+)
+HOLD = (
+    f'{_XML_DOC}<Response>\n  <Speak>Please hold.</Speak>\n  <Wait length="2"/>\n'
+    '  <Redirect method="$method">$answer_url</Redirect>\n</Response>\n'
+)
+CREDENTIALS = CredentialFields(
+    required=("auth_id", "auth_token"),
+    optional=("main_auth_token",),
+    secret=frozenset({"auth_token", "main_auth_token"}),
+    key_fields={"auth_token": KeyKind.AUTH_TOKEN, "main_auth_token": KeyKind.MAIN_AUTH_TOKEN},
+)
+# GATEWAY_PLIVO_ANSWER_* settings (Vobiz phones use them too: the same XML dialect).
+ANSWER = AnswerRules(settings_key="plivo", xml=True, hangup=HANGUP, hold=HOLD)
+
+SPEC = CarrierSpec(
+    provider=Provider.PLIVO,
+    family=RouteFamily.PLIVO,
+    routes=(RouteSpec("/plivo/incoming", "incoming"), RouteSpec("/plivo/status", "status")),
+    make_verifier=lambda _options: PlivoVerifier(),
+    credentials=CREDENTIALS,
+    idempotency_key=idempotency_key,
+    call_event=call_event,
+    call_id=call_id,
+    answer=ANSWER,
+    signature_headers=tuple(dict.fromkeys(h for s in PLIVO_SCHEMES for h in (s.signature_header, s.nonce_header))),
+    decoy=None,  # the family's decoy is Vobiz's, which accepts every header family of the route
+    sample_params=sample_params,
+)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import secrets
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,7 +23,8 @@ from nacl.signing import SigningKey, VerifyKey
 
 from gateway.errors import Reason, Rejected
 from gateway.inbound import InboundRequest
-from gateway.providers import Key, KeyKind, PhoneCredentials, Verified
+from gateway.providers import Key, KeyKind, PhoneCredentials, Provider, RouteFamily, Verified
+from gateway.providers.spec import ANSWER, END, OTHER, CallEvent, CarrierSpec, CredentialFields, RouteSpec, status_label
 
 SIGNATURE_HEADER = "telnyx-signature-ed25519"
 TIMESTAMP_HEADER = "telnyx-timestamp"
@@ -154,3 +156,56 @@ def _is_e164(number: str) -> bool:
 def idempotency_key(inbound: InboundRequest, kind: str) -> str | None:
     """`data.id`: the same event delivered again has the same id (whatever the route kind)."""
     return event_id(inbound.body)
+
+
+def call_event(inbound: InboundRequest, kind: str) -> CallEvent | None:
+    """`call.initiated` answers the call, `call.hangup` ends it.
+
+    https://developers.telnyx.com/api-reference/callbacks/call-hangup; Telnyx may deliver
+    out of order: https://developers.telnyx.com/docs/voice/programmable-voice/receiving-webhooks
+    """
+    data = parse_event(inbound.body)
+    if data is None:
+        return None
+    payload = data.get("payload")
+    if not isinstance(payload, Mapping):
+        return None
+    cid = payload.get("call_leg_id") or payload.get("call_control_id")
+    if not isinstance(cid, str) or not cid:
+        return None
+    event_type = data.get("event_type")
+    phase = ANSWER if event_type == "call.initiated" else END if event_type == "call.hangup" else OTHER
+    return CallEvent(cid, phase, status_label(event_type))
+
+
+def call_id(inbound: InboundRequest) -> str | None:
+    """Telnyx answers carry no call id: Call Control acts through its REST API."""
+    return None
+
+
+def decoy() -> PhoneCredentials:
+    """A phone with a random public key: an unknown phone id is answered like a bad signature."""
+    public = secrets.token_bytes(32)
+    key = Key(material=public, fingerprint="decoy", prepared=VerifyKey(public))
+    return PhoneCredentials("decoy", Provider.TELNYX, {KeyKind.PUBLIC_KEY: (key,)})
+
+
+SPEC = CarrierSpec(
+    provider=Provider.TELNYX,
+    family=RouteFamily.TELNYX,
+    routes=(RouteSpec("/webhooks/telnyx/voice", "voice", phone_id_optional=True),),
+    make_verifier=lambda options: TelnyxVerifier(tolerance_s=options.timestamp_tolerance_s),
+    credentials=CredentialFields(
+        required=("public_key",),
+        optional=("api_key",),
+        secret=frozenset({"api_key"}),
+        key_fields={"public_key": KeyKind.PUBLIC_KEY},
+    ),
+    idempotency_key=idempotency_key,
+    call_event=call_event,
+    call_id=call_id,
+    answer=None,  # Call Control ignores webhook answer bodies
+    signature_headers=(SIGNATURE_HEADER, TIMESTAMP_HEADER),
+    decoy=decoy,
+    numbers_in_body=event_numbers,
+)

@@ -15,14 +15,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from urllib.parse import ParseResult, urlparse
 
 import orjson
 
 from gateway.errors import Reason, Rejected
-from gateway.inbound import InboundRequest
-from gateway.providers import KeyKind, PhoneCredentials, Verified, params_digest, quote_part
+from gateway.inbound import InboundRequest, wire_text
+from gateway.providers import Key, KeyKind, PhoneCredentials, Provider, RouteFamily, Verified, params_digest, quote_part
+from gateway.providers.spec import AnswerRules, CallEvent, CarrierSpec, CredentialFields, RouteSpec, form_call_event
 
 SIGNATURE_HEADER = "x-twilio-signature"
 SETTINGS_HEADER = "x-twilio-webhooks-signature-settings"
@@ -103,18 +105,6 @@ def _geturl(parsed: ParseResult, netloc: str) -> str:
     return parsed._replace(netloc=netloc).geturl()
 
 
-def _wire_text(raw: str) -> str:
-    """The ASGI raw path/query is latin-1 text of the wire bytes; carriers send UTF-8."""
-    if raw.isascii():
-        return raw
-    try:
-        return raw.encode("latin-1").decode("utf-8")
-    except UnicodeEncodeError:  # already real text (built by hand, not from a socket)
-        return raw
-    except UnicodeDecodeError:
-        raise Rejected(Reason.MALFORMED_REQUEST, "URL is not UTF-8") from None
-
-
 def _signed_params(inbound: InboundRequest) -> Sequence[tuple[str, str]]:
     """The parameters the signature covers; for a non-form body, check its bodySHA256."""
     if inbound.is_form:
@@ -160,8 +150,8 @@ class TwilioVerifier:
 
         inbound.query_params()  # what cannot be parsed is refused here, not further down
         suffix = _params_suffix(_signed_params(inbound))
-        query = _wire_text(inbound.query_string)
-        url = f"{inbound.scheme}://{inbound.netloc}{_wire_text(inbound.raw_path)}"
+        query = wire_text(inbound.query_string)
+        url = f"{inbound.scheme}://{inbound.netloc}{wire_text(inbound.raw_path)}"
         variants = url_variants(f"{url}?{query}" if query else url)
         if variants is None:
             raise Rejected(Reason.INVALID_SIGNATURE, "unparsable port")
@@ -204,3 +194,68 @@ def idempotency_key(inbound: InboundRequest, kind: str) -> str | None:
     if isinstance(sequence, str) and sequence:
         parts.append(sequence)
     return ":".join([quote_part(part) for part in parts])
+
+
+# Twilio `CallStatus` final statuses: completed, busy, failed, no-answer, canceled — "Final Call
+# Statuses", https://help.twilio.com/articles/223132547 (What are the possible call statuses?)
+TERMINAL_STATUSES = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
+
+
+def call_event(inbound: InboundRequest, kind: str) -> CallEvent | None:
+    return form_call_event(
+        inbound, kind, call_id_param="CallSid", status_params=("CallStatus",), terminal=TERMINAL_STATUSES
+    )
+
+
+def call_id(inbound: InboundRequest) -> str | None:
+    return inbound.params().get("CallSid") or None
+
+
+def decoy() -> PhoneCredentials:
+    """A phone with a random auth token: an unknown phone id is answered like a bad signature."""
+    key = Key(material=secrets.token_bytes(32), fingerprint="decoy")
+    return PhoneCredentials("decoy", Provider.TWILIO, {KeyKind.AUTH_TOKEN: (key,)})
+
+
+def sample_params() -> list[tuple[str, str]]:
+    """A plausible inbound-call callback with a fresh CallSid (for `gateway sign`)."""
+    return [
+        ("AccountSid", "AC" + "0" * 32),
+        ("CallSid", "CA" + secrets.token_hex(16)),
+        ("CallStatus", "ringing"),
+        ("Direction", "inbound"),
+        ("From", "+14155550100"),
+        ("To", "+14155550101"),
+    ]
+
+
+# Built-in fallback answers, TwiML: https://www.twilio.com/docs/voice/twiml (Say, Pause, Redirect, Hangup).
+_XML_DOC = '<?xml version="1.0" encoding="UTF-8"?>\n'
+HANGUP = (
+    f"{_XML_DOC}<Response>\n  <Say>We are sorry, we cannot take your call right now. "
+    "Please try again later.</Say>\n  <Hangup/>\n</Response>\n"
+)
+HOLD = (
+    f'{_XML_DOC}<Response>\n  <Say>Please hold.</Say>\n  <Pause length="2"/>\n'
+    '  <Redirect method="$method">$answer_url</Redirect>\n</Response>\n'
+)
+
+SPEC = CarrierSpec(
+    provider=Provider.TWILIO,
+    family=RouteFamily.TWILIO,
+    routes=(RouteSpec("/twilio/incoming", "incoming"), RouteSpec("/twilio/status", "status")),
+    make_verifier=lambda _options: TwilioVerifier(),
+    credentials=CredentialFields(
+        required=("account_sid", "auth_token"),
+        optional=("webhook_signing_key", "webhook_signing_key_id"),
+        secret=frozenset({"auth_token", "webhook_signing_key"}),
+        key_fields={"auth_token": KeyKind.AUTH_TOKEN, "webhook_signing_key": KeyKind.TWILIO_SIGNING_KEY},
+    ),
+    idempotency_key=idempotency_key,
+    call_event=call_event,
+    call_id=call_id,
+    answer=AnswerRules(settings_key="twilio", xml=True, hangup=HANGUP, hold=HOLD),
+    signature_headers=(SIGNATURE_HEADER, SETTINGS_HEADER),
+    decoy=decoy,
+    sample_params=sample_params,
+)

@@ -10,15 +10,10 @@ import pytest
 from hypothesis import strategies as st
 
 from gateway.errors import Reason, Rejected
-from gateway.providers import Key, KeyKind, Provider
-from gateway.providers.plivo import (
-    PlivoVerifier,
-    idempotency_key,
-    sign_v3,
-    sign_vobiz_v3,
-    v3_string_to_sign,
-    vobiz_v3_string_to_sign,
-)
+from gateway.inbound import InboundRequest
+from gateway.providers import Key, KeyKind, PhoneCredentials, Provider, Verified, vobiz
+from gateway.providers.plivo import PlivoVerifier, idempotency_key, sign_v3, v3_string_to_sign
+from gateway.providers.vobiz import sign_vobiz_v3, vobiz_v3_string_to_sign
 from tests.providers.builders import (
     NOW,
     Req,
@@ -48,7 +43,17 @@ NONCE = "12345678901234567890"
 TOKENS = {"current": "TokenCurrent000000000000000000000000000", "old": "TokenOld", "stranger": "TokenStranger"}
 FORM_TYPE = ("Content-Type", "application/x-www-form-urlencoded")
 
-verifier = PlivoVerifier()
+_VERIFIERS = {Provider.PLIVO: PlivoVerifier(), Provider.VOBIZ: vobiz.verifier()}
+
+
+class _PlivoRoute:
+    """The /plivo/ route's verifier for each phone (Plivo's for a phone of another carrier)."""
+
+    def verify(self, inbound: InboundRequest, creds: PhoneCredentials, now: float) -> Verified:
+        return _VERIFIERS.get(creds.provider, _VERIFIERS[Provider.PLIVO]).verify(inbound, creds, now)
+
+
+verifier = _PlivoRoute()
 
 
 def form_body(params: tuple[tuple[str, str], ...] | list[tuple[str, str]]) -> bytes:

@@ -15,12 +15,12 @@ from typing import Any
 from gateway.errors import Rejected
 from gateway.events import build_event
 from gateway.inbound import InboundRequest
-from gateway.providers import Provider, Verifier
+from gateway.providers import Provider, Verifier, vobiz
 from gateway.providers.exotel import Allowlist, ExotelVerifier
 from gateway.providers.plivo import PlivoVerifier
+from gateway.providers.registry import CARRIERS
 from gateway.providers.telnyx import TelnyxVerifier
 from gateway.providers.twilio import TwilioVerifier
-from gateway.webhooks import IDEMPOTENCY
 from tests.providers.builders import NOW, creds_from_vector, inbound_from_vector
 from tests.providers.conftest import VectorStep
 
@@ -33,8 +33,10 @@ def snapshot(request: InboundRequest) -> dict[str, Any]:
 
 
 def verifier_for(provider: Provider, vectors: Mapping[str, Any]) -> Verifier:
-    if provider in (Provider.PLIVO, Provider.VOBIZ):
+    if provider is Provider.PLIVO:
         return PlivoVerifier()
+    if provider is Provider.VOBIZ:
+        return vobiz.verifier()
     if provider is Provider.TWILIO:
         return TwilioVerifier()
     if provider is Provider.TELNYX:
@@ -52,7 +54,7 @@ def test_no_step_changes_the_request(vector_step: VectorStep, vectors: Mapping[s
     except Rejected:
         assert vector_step.expected != "accept"
     else:
-        key = IDEMPOTENCY[phone.provider](request, "status")
+        key = CARRIERS[phone.provider].idempotency_key(request, "status")
         build_event(
             request,
             provider=phone.provider.value,
@@ -61,6 +63,6 @@ def test_no_step_changes_the_request(vector_step: VectorStep, vectors: Mapping[s
             received_at=now,
             idempotency_key=key,
             key_fingerprint=verified.key_fingerprint,
-            redact_token=phone.provider is Provider.EXOTEL,
+            redact=CARRIERS[phone.provider].secret_params,
         )
     assert snapshot(request) == before
