@@ -24,8 +24,8 @@ import redis
 from redis.cluster import RedisCluster as SyncRedisCluster
 
 from gateway.embedded_redis import EmbeddedRedis, EmbeddedRedisError, find_server_binary
-from gateway.redis_client import _cluster_seeds, parse_sentinel_url, split_hosts, validate_url
 from gateway.redis_keys import KeyNames, hash_tag, slot, stream_tag
+from gateway.redis_url import cluster_seeds, parse_sentinel_url, split_hosts, validate_url
 from gateway.settings import SettingsError
 from tests.builders import new_token, plivo_phone, plivo_request
 from tests.redis_topology import LocalCluster, LocalSentinel
@@ -136,7 +136,7 @@ def test_password_is_not_echoed_in_url_errors() -> None:
 
 
 def test_cluster_seed_list() -> None:
-    first, seeds = _cluster_seeds("rediss://user:pw@192.0.2.1:7000,192.0.2.2:7001,[2001:db8::3]:7002")
+    first, seeds = cluster_seeds("rediss://user:pw@192.0.2.1:7000,192.0.2.2:7001,[2001:db8::3]:7002")
     assert first == "rediss://user:pw@192.0.2.1:7000/0"
     assert seeds == [("192.0.2.1", 7000), ("192.0.2.2", 7001), ("2001:db8::3", 7002)]
 
