@@ -44,20 +44,13 @@ import redis.exceptions as rx
 from redis.asyncio import Redis
 
 from gateway.dispatch import signed_headers, webhook_id
+from gateway.redis_errors import OUTAGES_EXCEPT_OOM
 
 log = logging.getLogger("gateway.consumer")
 
-# Outages a consumer waits out (a demoted master, a re-forming cluster) rather than dying of.
-TRANSIENT = (
-    TimeoutError,
-    OSError,
-    rx.ConnectionError,
-    rx.TimeoutError,
-    rx.ReadOnlyError,
-    rx.ClusterDownError,
-    rx.TryAgainError,
-    rx.SlotNotCoveredError,
-)
+# Outages a consumer waits out (a demoted master, a re-forming cluster) rather than dying of:
+# every Redis outage but OOM (gateway/redis_errors.py).
+TRANSIENT = OUTAGES_EXCEPT_OOM
 
 DEFAULT_MAX_DELIVERIES = 5
 DEFAULT_CLAIM_IDLE_MS = 60_000

@@ -40,7 +40,7 @@ from redis.asyncio import Redis
 from gateway import metrics
 from gateway.calls import CallCheck
 from gateway.errors import NotReplicated, Unavailable
-from gateway.redis_client import OUTAGES
+from gateway.redis_errors import OUTAGES
 from gateway.redis_keys import KeyNames
 
 log = logging.getLogger("gateway.forwarder")
@@ -159,7 +159,8 @@ return out
 """
 FORWARD_SHA = hashlib.sha1(FORWARD_SCRIPT.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
 
-REDIS_FAILURES: tuple[type[BaseException], ...] = (*OUTAGES, NotReplicated)
+# What answers a batch 503: a Redis outage, or too few replicas confirming it (GATEWAY_REDIS_WAIT_REPLICAS).
+OUTAGE_OR_NOT_REPLICATED: tuple[type[BaseException], ...] = (*OUTAGES, NotReplicated)
 
 
 class Outcome(enum.StrEnum):
@@ -305,7 +306,7 @@ class Forwarder:
         metrics.BATCH_SIZE.observe(len(batch))
         try:
             results = await self._execute(batch)
-        except REDIS_FAILURES as exc:
+        except OUTAGE_OR_NOT_REPLICATED as exc:
             metrics.REDIS_ERRORS.labels("forward", metrics.redis_error_class(exc)).inc()
             log.warning("forwarding batch of %d failed: %s", len(batch), type(exc).__name__)
             for item in batch:
@@ -340,7 +341,7 @@ class Forwarder:
             for index, result in zip(retry, again, strict=True):
                 results[index] = result
         for result in results:
-            if isinstance(result, rx.ResponseError) and not isinstance(result, REDIS_FAILURES):
+            if isinstance(result, rx.ResponseError) and not isinstance(result, OUTAGE_OR_NOT_REPLICATED):
                 raise result  # a bug (e.g. CROSSSLOT), not an outage: logged with its traceback
         return results
 

@@ -32,13 +32,11 @@ from gateway.phone_records import (
     validate_phone_id,
 )
 from gateway.providers import PhoneCredentials
-from gateway.redis_client import OUTAGES
+from gateway.redis_errors import OUTAGES
 from gateway.redis_keys import KeyNames
 from gateway.sealing import Sealer, SealError
 
 log = logging.getLogger("gateway.keystore")
-
-REDIS_FAILURES = OUTAGES
 
 
 def _text(value: bytes | str) -> str:
@@ -139,7 +137,7 @@ class KeyStore:
             return None
         try:
             raw = await self._redis.get(self._names.phone(phone_id))
-        except REDIS_FAILURES as exc:
+        except OUTAGES as exc:
             metrics.REDIS_ERRORS.labels("keystore", metrics.redis_error_class(exc)).inc()
             raise Unavailable("redis") from None
         if raw is None:
@@ -157,7 +155,7 @@ class KeyStore:
             return phone_id
         try:
             raw = await self._redis.get(self._names.number(number))
-        except REDIS_FAILURES as exc:
+        except OUTAGES as exc:
             metrics.REDIS_ERRORS.labels("keystore", metrics.redis_error_class(exc)).inc()
             raise Unavailable("redis") from None
         phone_id = _text(raw) if raw is not None else None

@@ -299,19 +299,3 @@ def connect(settings: Settings, url: str | None = None) -> Redis:
         return cast(Redis, cluster)  # RedisCluster offers the subset of the Redis API the gateway uses
     plain: Redis = Redis.from_url(target, max_connections=settings.redis_max_connections, **_common(settings))
     return _packed_connections(plain)
-
-
-# The Redis errors that mean "cannot confirm a write now" (answer 503 so the carrier retries),
-# as opposed to bugs such as a script error.
-OUTAGES: tuple[type[BaseException], ...] = (
-    rx.ConnectionError,
-    rx.TimeoutError,
-    rx.ReadOnlyError,
-    rx.OutOfMemoryError,
-    OSError,
-    asyncio.TimeoutError,
-    # Redis Cluster: no node has the slot yet / the cluster is re-forming (not connection errors in redis-py)
-    rx.ClusterDownError,
-    rx.TryAgainError,
-    rx.SlotNotCoveredError,
-)
