@@ -1,4 +1,16 @@
-"""Failure types and the one place that maps them to HTTP answers."""
+"""Failure types, and the one place that maps them to the public port's HTTP answers.
+
+Every status the public port can answer is decided here or indexed here:
+
+  200, 302  accepted: the answer (gateway/answers.py; 302 only as Exotel's Passthru branch)
+  401, 403, 400, 405, 413   rejections, by `Reason` (answer_for below)
+  503       UNAVAILABLE_ANSWER: Redis or dispatch could not confirm (with Retry-After), also
+            sent by the edge protocol at limit_concurrency (gateway/http_protocol.py)
+  408, 431  EDGE_REFUSALS: the edge protocol's head/body deadlines and head size limit,
+            answered before the app is called (gateway/http_protocol.py)
+  404       not a webhook route, with a separate admin port (gateway/app.py)
+  499       CLIENT_CLOSED: never sent; logged and counted when the carrier hung up first
+"""
 
 from __future__ import annotations
 
@@ -73,6 +85,11 @@ class NotReplicated(Exception):
 
 RETRY_AFTER_S = 1
 UNAVAILABLE_ANSWER = (503, b"service unavailable\n")
+HEAD_TOO_LARGE = 431  # the request head is over the edge's limit
+REQUEST_TIMEOUT = 408  # the head or body did not arrive within its deadline
+EDGE_REFUSALS = {HEAD_TOO_LARGE: "Request Header Fields Too Large", REQUEST_TIMEOUT: "Request Timeout"}
+CLIENT_CLOSED = 499  # nginx's convention, for the log and metrics only: nobody is left to answer
+NOT_FOUND = (404, b"not found\n")
 
 
 def answer_for(reason: Reason) -> tuple[int, bytes]:

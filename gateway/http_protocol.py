@@ -31,18 +31,20 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from gateway.errors import RETRY_AFTER_S, UNAVAILABLE_ANSWER
+from gateway.errors import EDGE_REFUSALS, HEAD_TOO_LARGE, REQUEST_TIMEOUT, RETRY_AFTER_S, UNAVAILABLE_ANSWER
 
 DEFAULT_HEAD_LIMIT_BYTES = 16 * 1024
 HEAD_TIMEOUT_S = 10.0
 BODY_TIMEOUT_S = 10.0  # GATEWAY_MAX_BODY_BYTES (64 KiB) in 10 s is >= 6.4 KB/s: any carrier does far better
 
-_431 = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-_408 = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+_431, _408 = (
+    b"HTTP/1.1 %d %s\r\ncontent-length: 0\r\nconnection: close\r\n\r\n" % (status, EDGE_REFUSALS[status].encode())
+    for status in (HEAD_TOO_LARGE, REQUEST_TIMEOUT)
+)
 _503 = (
-    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"HTTP/1.1 %d Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
     b"content-length: %d\r\nretry-after: %d\r\nconnection: close\r\n\r\n%s"
-    % (len(UNAVAILABLE_ANSWER[1]), RETRY_AFTER_S, UNAVAILABLE_ANSWER[1])
+    % (UNAVAILABLE_ANSWER[0], len(UNAVAILABLE_ANSWER[1]), RETRY_AFTER_S, UNAVAILABLE_ANSWER[1])
 )
 
 

@@ -29,7 +29,15 @@ from gateway.asgi_io import (
     respond,
 )
 from gateway.calls import CallAware
-from gateway.errors import RETRY_AFTER_S, UNAVAILABLE_ANSWER, Reason, Rejected, Unavailable, answer_for
+from gateway.errors import (
+    CLIENT_CLOSED,
+    RETRY_AFTER_S,
+    UNAVAILABLE_ANSWER,
+    Reason,
+    Rejected,
+    Unavailable,
+    answer_for,
+)
 from gateway.events import build_event
 from gateway.forwarder import Forwarder, Outcome
 from gateway.inbound import InboundRequest
@@ -42,6 +50,12 @@ access_log = logging.getLogger("gateway.access")
 log = logging.getLogger("gateway.webhooks")
 
 ALLOWED_METHODS = frozenset({"GET", "POST"})
+# The forwarder's refusals, and the reason each is answered and counted with.
+REFUSED_OUTCOMES: dict[Outcome, Reason] = {
+    Outcome.REPLAY: Reason.REPLAYED_NONCE,
+    Outcome.UNKNOWN_CALL: Reason.UNKNOWN_CALL,
+    Outcome.CALL_ENDED: Reason.CALL_ENDED,
+}
 _RETRY_AFTER = [(b"retry-after", str(RETRY_AFTER_S).encode())]
 _NO_DUPLICATES: frozenset[str] = frozenset()
 # Metric labels by provider and route family: an enum's .value is a descriptor call (slow in 3.11).
@@ -151,7 +165,7 @@ class WebhookHandler:
         try:
             status, outcome, reason, provider_label = await self._handle(scope, receive, send, route)
         except ClientDisconnected:
-            status, outcome, reason = 499, "bad_request", "client_disconnected"
+            status, outcome, reason = CLIENT_CLOSED, "bad_request", "client_disconnected"
         finally:
             tally = metrics.TALLY
             tally.count(metrics.request_counter(provider_label, route.kind, outcome))
@@ -255,8 +269,6 @@ class WebhookHandler:
         except Unavailable:
             return await self._unavailable(send, provider_label)
 
-        if result is Outcome.REPLAY:
-            return await self._reject(send, Reason.REPLAYED_NONCE, provider_label)
         if result is Outcome.DUPLICATE:
             metrics.TALLY.count(metrics.duplicates(provider_label))
             outcome = "duplicate"
@@ -266,8 +278,8 @@ class WebhookHandler:
         elif result is Outcome.HELD:
             metrics.call_event_counter(provider_label, "held").inc()
             outcome = "held"
-        else:  # call-aware refusals: UNKNOWN_CALL, CALL_ENDED
-            return await self._reject(send, Reason(result.value), provider_label)
+        else:  # replayed nonce, call-aware refusals
+            return await self._reject(send, REFUSED_OUTCOMES[result], provider_label)
         # Answer only now: the event is durably in the stream, so even a slow dispatch
         # behind a proxied answer cannot lose the call.
         if not self._answers.has_content(provider, route.kind):  # every status callback: no coroutine to run

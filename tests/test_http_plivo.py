@@ -286,7 +286,7 @@ def test_rotated_key_old_and_new_verify_until_expiry(gw: RunningGateway, redis_s
 
 
 def test_vobiz_phone_accepts_both_header_families(gw: RunningGateway, redis_sync: redis.Redis) -> None:
-    from gateway.providers import plivo
+    from gateway.providers import vobiz
 
     token = new_token()
     phone = plivo_phone(random_id(), token, provider="vobiz")
@@ -295,7 +295,7 @@ def test_vobiz_phone_accepts_both_header_families(gw: RunningGateway, redis_sync
     request = plivo_request(token, phone["id"])
     nonce = "9" * 20
     request["headers"] = {
-        "X-Vobiz-Signature-V3": plivo.sign_vobiz_v3(token, request["url"], nonce),
+        "X-Vobiz-Signature-V3": vobiz.sign_vobiz_v3(token, request["url"], nonce),
         "X-Vobiz-Signature-V3-Nonce": nonce,
         "Content-Type": "application/x-www-form-urlencoded",
     }
