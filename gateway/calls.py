@@ -24,24 +24,15 @@ sources), are carrier rules: `call_event` in each gateway/providers/<carrier>.py
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
+from gateway.forwarder import CallCheck
 from gateway.inbound import InboundRequest
 from gateway.providers import PhoneCredentials, Provider
 from gateway.providers.registry import CARRIERS
 from gateway.redis_keys import KeyNames
 
 MAX_HELD_PER_CALL = 16  # a call's held events beyond this are rejected (unknown_call)
-
-
-@dataclass(frozen=True, slots=True)
-class CallCheck:
-    """The call-aware part of one forwarder script call (KEYS[4..6], ARGV[7..13]: gateway/forwarder.py)."""
-
-    provider: str  # metric label
-    keys: tuple[str, str, str]  # state hash, timeline list, held list (all in the stream's slot)
-    args: tuple[str, ...]  # phase, status label, now, window s, late s, TTL s, max held
 
 
 class CallAware:
@@ -75,13 +66,12 @@ class CallAware:
         event = CARRIERS[provider].call_event(inbound, kind)
         if event is None:
             return None
-        base = self.key(creds.phone_id, event.call_id)
         return CallCheck(
             provider=provider.value,
-            keys=(base, f"{base}:timeline", f"{base}:held"),
+            keys=self._names.call_keys(creds.phone_id, event.call_id),
             args=(event.phase, event.status, repr(now), *self._tail),
         )
 
     def key(self, phone_id: str, call: str) -> str:
-        """The call's state hash (its timeline and held events are this + ':timeline' / ':held')."""
+        """The call's state hash (with its timeline and held events: KeyNames.call_keys)."""
         return self._names.call(phone_id, call)

@@ -45,6 +45,7 @@ from redis.asyncio import Redis
 
 from gateway.dispatch import signed_headers, webhook_id
 from gateway.redis_errors import OUTAGES_EXCEPT_OOM
+from gateway.redis_keys import KeyNames
 
 log = logging.getLogger("gateway.consumer")
 
@@ -111,7 +112,7 @@ class Consumer:
         self.claim_idle_ms = claim_idle_ms
         self.batch = batch
         self.block_ms = block_ms
-        self.dead_letter_stream = dead_letter_stream or f"{stream}:dead"
+        self.dead_letter_stream = dead_letter_stream or KeyNames.dead_letter_of(stream)
         self.start_id = start_id
         self.stats = Stats()
         self._group_ready = False

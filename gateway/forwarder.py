@@ -12,10 +12,12 @@ without weakening the "2xx only once durably in the stream" rule. (One call for 
 batch rather than one per event: redis-py spends more CPU per command than Redis
 spends running the script.)
 
-Call-aware replay defence (gateway/calls.py) runs in the same script call: an event
-with a `CallCheck` brings three more keys (its call's state hash, timeline and held
-events, all in the stream's slot) and a spec; a batch without any check is sent
-exactly as before, and the call section of the script is never entered.
+Call-aware replay defence runs in the same script call: an event with a `CallCheck`
+(built by gateway/calls.py) brings three more keys (its call's state hash, timeline and
+held events, all in the stream's slot) and a spec; a batch without any check is sent
+exactly as before, and the call section of the script (`call_event`) is never entered.
+The rules that section applies are in gateway/calls.py's docstring and
+docs/answers-and-forwards.md ("Call-aware replay defence").
 
 With GATEWAY_REDIS_WAIT_REPLICAS=N the pipeline ends with WAIT N: a batch is
 answered 2xx only once N replicas hold it (too few confirmations answer 503), so a
@@ -38,7 +40,6 @@ import redis.exceptions as rx
 from redis.asyncio import Redis
 
 from gateway import metrics
-from gateway.calls import CallCheck
 from gateway.errors import NotReplicated, Unavailable
 from gateway.redis_errors import OUTAGES
 from gateway.redis_keys import KeyNames
@@ -53,6 +54,7 @@ log = logging.getLogger("gateway.forwarder")
 # (call state hash, timeline, held list; placeholders without a check) and ARGV[4+n+i], its
 # spec: phase, status, now, window, late, TTL, max held (tab separated; '' without a check).
 # So #ARGV == 4 + n and #KEYS == 1 + 2n without checks, #ARGV == 4 + 2n and #KEYS == 1 + 5n with.
+# Phases (gateway/providers/spec.py): 'a' answers the call, 'e' ends it, 's' is any other status.
 FORWARD_SCRIPT = """
 local stream, nonce_ttl, idem_ttl, maxlen, unused = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local n = #ARGV - 4
@@ -68,7 +70,8 @@ local function remember(nonce_key, idem_key, id)
   if nonce_key ~= unused then redis.call('SET', nonce_key, '1', 'EX', nonce_ttl) end
   if idem_key ~= unused then redis.call('SET', idem_key, id, 'EX', idem_ttl) end
 end
--- gateway/calls.py has the rules; docs/answers-and-forwards.md explains them.
+-- The call-aware section: event i's CallCheck (gateway/calls.py states the rules,
+-- docs/answers-and-forwards.md explains them).
 local function call_event(i, spec, event, nonce_key, idem_key)
   local f = {}
   for field in string.gmatch(spec, '[^\t]+') do f[#f + 1] = field end
@@ -161,6 +164,16 @@ FORWARD_SHA = hashlib.sha1(FORWARD_SCRIPT.encode()).hexdigest()  # noqa: S324 - 
 
 # What answers a batch 503: a Redis outage, or too few replicas confirming it (GATEWAY_REDIS_WAIT_REPLICAS).
 OUTAGE_OR_NOT_REPLICATED: tuple[type[BaseException], ...] = (*OUTAGES, NotReplicated)
+
+
+@dataclass(frozen=True, slots=True)
+class CallCheck:
+    """The call-aware input of one event of the script (gateway/calls.py builds it): for event i
+    of n, KEYS[1+2n+3(i-1)+1..3] and ARGV[4+n+i] (the layout above FORWARD_SCRIPT)."""
+
+    provider: str  # metric label (call-aware events released into the stream)
+    keys: tuple[str, str, str]  # state hash, timeline list, held list: KeyNames.call_keys (the stream's slot)
+    args: tuple[str, ...]  # phase, status label, now, window s, late s, TTL s, max held (sent tab-separated)
 
 
 class Outcome(enum.StrEnum):

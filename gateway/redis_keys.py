@@ -77,7 +77,12 @@ class KeyNames:
     @property
     def dead_letter(self) -> str:
         """The reference consumer's dead-letter stream (gateway/consumer.py)."""
-        return f"{self.stream}:dead"
+        return self.dead_letter_of(self.stream)
+
+    @staticmethod
+    def dead_letter_of(stream: str) -> str:
+        """The dead-letter stream of any stream a consumer reads (`gateway consume --stream`)."""
+        return f"{stream}:dead"
 
     def nonce(self, phone_id: str, nonce: str) -> str:
         digest = hashlib.blake2b(nonce.encode(), digest_size=12).hexdigest()
@@ -93,9 +98,14 @@ class KeyNames:
         return f"{self._tag}:ready"
 
     def call(self, phone_id: str, call_id: str) -> str:
-        """A call's state hash for call-aware checks (gateway/calls.py); + ':timeline' / ':held'."""
+        """A call's state hash for call-aware checks (gateway/calls.py)."""
         digest = hashlib.blake2b(call_id.encode(), digest_size=16).hexdigest()
         return f"{self._tag}:call:{phone_id}:{digest}"
+
+    def call_keys(self, phone_id: str, call_id: str) -> tuple[str, str, str]:
+        """A call's state hash, timeline list and held-events list (the forwarder's CallCheck.keys)."""
+        state = self.call(phone_id, call_id)
+        return state, f"{state}:timeline", f"{state}:held"
 
     @property
     def unused(self) -> str:
