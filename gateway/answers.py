@@ -1,7 +1,7 @@
 """What an accepted webhook is answered with (docs/answers-and-forwards.md).
 
-Status callbacks and Telnyx events get an empty 200. An `incoming` route (an
-answer URL: the carrier waits for instructions) is answered in one of two modes,
+Status callbacks, and carriers without an answer URL, get an empty 200. An `incoming`
+route (an answer URL: the carrier waits for instructions) is answered in one of two modes,
 chosen per phone (`config.answer_mode`) or per provider (GATEWAY_<PROVIDER>_ANSWER_MODE,
 GATEWAY_ANSWER_MODE):
 
@@ -143,9 +143,10 @@ class _CarrierAnswers:
 
     rules: AnswerRules
     template: Compiled
-    fallback: Compiled | None  # None: the fallback is a bare status (GATEWAY_EXOTEL_FALLBACK_STATUS)
+    fallback: Compiled | None  # None: the fallback is `status_fallback`, a bare status
     hangup: Compiled | None
     mode: str
+    status_fallback: Answer
 
 
 class Answerer:
@@ -159,7 +160,6 @@ class Answerer:
         self._key = settings.capability_key_bytes()
         self._ttl = settings.capability_ttl_s
         self._hold_rounds = settings.answer_hold_rounds
-        self._status_fallback = Answer(settings.exotel_fallback_status, b"", TEXT)
         hold = settings.answer_fallback == "hold"
         self.warnings: list[str] = []
         self._carriers: dict[Provider, _CarrierAnswers] = {}
@@ -182,7 +182,8 @@ class Answerer:
                 compiled_by_key[rules.settings_key] = (template, fallback, hangup)
             template, fallback, hangup = compiled_by_key[rules.settings_key]
             mode = settings.answer_mode_for(provider.value)
-            self._carriers[provider] = _CarrierAnswers(rules, template, fallback, hangup, mode)
+            status_fallback = Answer(settings.fallback_status_for(rules.settings_key), b"", TEXT)
+            self._carriers[provider] = _CarrierAnswers(rules, template, fallback, hangup, mode, status_fallback)
         self._per_phone: dict[str, Compiled] = {}
         self._warned: set[str] = set()
         self._fallback_log_at = 0.0
@@ -308,7 +309,7 @@ class Answerer:
         self._log_fallback(provider, creds.phone_id, result)
         carrier = self._carriers[provider]
         if carrier.fallback is None or carrier.hangup is None:
-            return self._status_fallback
+            return carrier.status_fallback
         phone_fallback = creds.config.get("fallback_template")
         compiled = (
             self._phone_template(phone_fallback, xml=True) if isinstance(phone_fallback, str) else carrier.fallback

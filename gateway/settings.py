@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from gateway.providers.allowlist import Allowlist
+from gateway.providers.spec import VerifierOptions
 from gateway.redis_url import validate_url
 from gateway.secrets import Secret
 from gateway.standard_webhooks import decode_key as decode_signing_key
@@ -123,6 +125,39 @@ class Settings:
     def fallback_template_for(self, settings_key: str) -> str | None:
         """GATEWAY_<KEY>_FALLBACK_TEMPLATE, or None for the carrier's built-in fallback."""
         return {"plivo": self.plivo_fallback_template, "twilio": self.twilio_fallback_template}.get(settings_key)
+
+    def verifier_options(self) -> VerifierOptions:
+        """What the carriers' verifiers need: the Telnyx window, the Exotel allowlist (loaded here).
+
+        EXOTEL_ALLOWED_IPS when set (even empty), else the built-in data file; a file that
+        cannot be read or parsed is a SettingsError naming GATEWAY_EXOTEL_ALLOWED_IPS_FILE.
+        """
+        if self.exotel_allowed_ips is not None:
+            allowlist = Allowlist.parse(self.exotel_allowed_ips)  # validated by from_env()
+        else:
+            try:
+                allowlist = Allowlist.load_file(self.exotel_allowed_ips_file)
+            except (OSError, ValueError) as exc:
+                raise SettingsError(f"GATEWAY_EXOTEL_ALLOWED_IPS_FILE: {exc}") from None
+        return VerifierOptions(timestamp_tolerance_s=self.telnyx_tolerance_s, ip_allowlist=allowlist)
+
+    def verifier_warnings(self, options: VerifierOptions) -> list[str]:
+        if options.ip_allowlist:
+            return []
+        source = "EXOTEL_ALLOWED_IPS" if self.exotel_allowed_ips is not None else str(self.exotel_allowed_ips_file)
+        return [
+            f"Exotel allowlist is empty ({source}): every /exotel/ request will be rejected. "
+            "Exotel does not publish its callback IPs; ask Exotel support for them and set EXOTEL_ALLOWED_IPS."
+        ]
+
+    @staticmethod
+    def readiness_details(options: VerifierOptions) -> dict[str, Any]:
+        """What /readyz reports about the verifiers' settings."""
+        return {"exotel_allowlist_entries": len(options.ip_allowlist)}
+
+    def fallback_status_for(self, settings_key: str) -> int:
+        """The bare status answered as the fallback of a carrier without a fallback template (Exotel's Passthru)."""
+        return self.exotel_fallback_status if settings_key == "exotel" else 200
 
     def forward_signing_key_bytes(self) -> tuple[bytes, ...]:
         """GATEWAY_FORWARD_SIGNING_KEY decoded for standard_webhooks.headers(), newest first."""
