@@ -1,4 +1,4 @@
-"""The frozen view of one webhook request that verifiers work on.
+"""The read-only view of one webhook request that verifiers work on (read-only by convention: see InboundRequest).
 
 Everything here is the request *as received*: the raw path and raw query string
 from the ASGI scope, the raw body bytes, and the public URL the carrier called
