@@ -33,7 +33,8 @@ import orjson
 
 from gateway import metrics
 from gateway.capability import mint_token
-from gateway.dispatch import DispatchClient, webhook_id_of
+from gateway.dispatch import DispatchClient
+from gateway.envelope_signing import webhook_id_of
 from gateway.inbound import InboundRequest
 from gateway.providers import PhoneCredentials, Provider
 from gateway.providers.registry import CARRIERS

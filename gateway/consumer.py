@@ -43,7 +43,7 @@ import orjson
 import redis.exceptions as rx
 from redis.asyncio import Redis
 
-from gateway.dispatch import signed_headers, webhook_id
+from gateway.envelope_signing import signed_headers, webhook_id
 from gateway.redis_errors import OUTAGES_EXCEPT_OOM
 from gateway.redis_keys import KeyNames
 

@@ -6,26 +6,22 @@ send, wait, read — all of it), a bounded answer body, never a redirect followe
 Whatever goes wrong becomes a `Reply` with ok=False and a fixed `result` label
 (a metric label: never an exception message, a URL or a body).
 
-The request: POST GATEWAY_DISPATCH_URL, body = the event envelope exactly as it
-was appended to the stream (gateway/events.py), `content-type: application/json`,
-and the Standard Webhooks headers `webhook-id` (the carrier's event id: the
-envelope's idempotency_key, or its id when it has none — the same id a stream
-consumer uses, so dispatch can de-duplicate), `webhook-timestamp`,
-`webhook-signature` (every GATEWAY_FORWARD_SIGNING_KEY, newest first).
+The request: POST GATEWAY_DISPATCH_URL with the event envelope, signed exactly as
+the reference stream consumer's POST handler signs it (gateway/envelope_signing.py:
+body, content type and the Standard Webhooks headers, `webhook-id` the same id a
+stream consumer uses, so dispatch can de-duplicate).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import httpx
-import orjson
 
-from gateway import standard_webhooks
+from gateway.envelope_signing import signed_headers
 
 MAX_ANSWER_BYTES = 100 * 1024  # Plivo/Vobiz refuse answer XML over 100 KB; no carrier needs more
 USER_AGENT = "telephony-webhook-gateway"
@@ -41,23 +37,6 @@ class Reply:
     @property
     def ok(self) -> bool:
         return self.result == "proxied"
-
-
-def webhook_id(envelope: Mapping[str, Any]) -> str:
-    """Standard Webhooks `webhook-id` of an event envelope: the carrier's event id, else the gateway's."""
-    key = envelope.get("idempotency_key")
-    return key if isinstance(key, str) and key else str(envelope["id"])
-
-
-def webhook_id_of(event: bytes, idempotency_key: str | None) -> str:
-    """webhook_id() without parsing the envelope when the idempotency key is already known."""
-    return idempotency_key if idempotency_key else webhook_id(orjson.loads(event))
-
-
-def signed_headers(keys: Sequence[bytes], event: bytes, msg_id: str, timestamp: int) -> dict[str, str]:
-    headers = standard_webhooks.headers(keys, msg_id, event, timestamp=timestamp)
-    headers["content-type"] = "application/json"
-    return headers
 
 
 class DispatchClient:
