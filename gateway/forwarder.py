@@ -29,7 +29,6 @@ master had, cannot lose an accepted event when N is the master's replica count
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import hashlib
 import logging
@@ -43,6 +42,7 @@ from gateway import metrics
 from gateway.errors import NotReplicated, Unavailable
 from gateway.redis_errors import OUTAGES
 from gateway.redis_keys import KeyNames
+from gateway.tasks import stop_task
 
 log = logging.getLogger("gateway.forwarder")
 
@@ -237,9 +237,7 @@ class Forwarder:
     async def stop(self) -> None:
         """Flush what is queued, wait for batches in flight, then stop."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
             self._task = None
             self._loop = None
         while self._queue:

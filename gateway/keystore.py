@@ -35,6 +35,7 @@ from gateway.providers import PhoneCredentials
 from gateway.redis_errors import OUTAGES
 from gateway.redis_keys import KeyNames
 from gateway.sealing import Sealer, SealError
+from gateway.tasks import stop_task
 
 log = logging.getLogger("gateway.keystore")
 
@@ -278,11 +279,8 @@ class KeyStore:
         self._subscriber = asyncio.create_task(self._subscribe_forever(), name="keystore-invalidation")
 
     async def stop_invalidation(self) -> None:
-        if self._subscriber is not None:
-            self._subscriber.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._subscriber
-            self._subscriber = None
+        await stop_task(self._subscriber)
+        self._subscriber = None
 
     def _on_message(self, data: bytes) -> None:
         try:

@@ -41,6 +41,7 @@ from redis.exceptions import RedisClusterException
 from redis.utils import HIREDIS_AVAILABLE
 
 from gateway.redis_url import cluster_seeds, is_sentinel, parse_sentinel_url, validate_url
+from gateway.tasks import stop_task
 
 if TYPE_CHECKING:
     from gateway.settings import Settings
@@ -199,11 +200,8 @@ class WatchedSentinelPool(SentinelConnectionPool):
                 await self.disconnect(inuse_connections=True)
 
     async def stop_watching(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
-            self._watcher = None
+        await stop_task(self._watcher)
+        self._watcher = None
 
 
 class SentinelRedis(Redis):

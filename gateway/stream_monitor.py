@@ -7,7 +7,6 @@ move even when nobody calls /readyz and no webhook arrives.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from gateway import metrics
+from gateway.tasks import stop_task
 
 log = logging.getLogger("gateway.stream_monitor")
 
@@ -39,11 +39,8 @@ class StreamMonitor:
         self._task = asyncio.create_task(self._run(), name="stream-monitor")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
 
     async def sample(self) -> None:
         """One sample; never raises (a failed sample marks Redis down)."""
