@@ -32,7 +32,7 @@ def vectors_path() -> Path:
     override = os.environ.get("GATEWAY_VECTORS")
     if override:
         return Path(override)
-    return REPO.parent / "shared" / "vectors" / "carriers.json"
+    return REPO / "tests" / "vectors" / "carriers.json"
 
 
 def load_vectors() -> dict[str, Any]:

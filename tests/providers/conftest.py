@@ -7,36 +7,24 @@ another argument with `vector_steps(...)` / `vector_cases(...)` and a `where` fi
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests import support
 
 # Verdicts that depend on state only the Redis layer has (a nonce seen before, an event
 # already forwarded, a phone id nobody registered): the HTTP tests cover those steps.
 APP_ONLY_ORACLES = ("rule: nonce single use", "rule: idempotency", "rule: fail closed")
 
 
-def vectors_path() -> Path | None:
-    """shared/ beside the repository (as in CI's fresh clone), else $GATEWAY_VECTORS."""
-    repo_root = Path(__file__).resolve().parents[2]
-    candidates = [repo_root.parent / "shared" / "vectors" / "carriers.json"]
-    if os.environ.get("GATEWAY_VECTORS"):
-        candidates.append(Path(os.environ["GATEWAY_VECTORS"]))
-    return next((path for path in candidates if path.is_file()), None)
-
-
 @cache
 def load_vectors() -> Mapping[str, Any] | None:
-    path = vectors_path()
-    if path is None:
-        return None
-    document: Mapping[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    """The carrier vectors kept in tests/vectors/ (one loader: tests/support.py)."""
+    document: Mapping[str, Any] = support.load_vectors()
     return document
 
 

@@ -1,0 +1,69 @@
+"""The suite reads nothing outside the repository: a fresh clone with nothing beside it passes.
+
+A static check over every test, benchmark and fuzz source (and CI's script): no path that
+climbs out of the repository, and no absolute path of one machine.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+
+from tests.support import REPO, load_vectors, vectors_path
+
+# What a reference to a place outside the repository looks like in our sources.
+OUTSIDE = [
+    re.compile(r"\.\./(?:shared|\.\./)"),  # "../shared/...", "../../x"
+    re.compile(r"\bREPO\.parent\b"),
+    re.compile(r"\.parent\.parent\.parent\b"),  # from tests/x/y.py, the repository's parent
+    re.compile(r"[\"']shared[\"']\s*/"),  # Path(...) / "shared" / ...
+    re.compile(r"/(?:work|root|home)/"),  # a path of one machine
+]
+SOURCES = ["tests", "loadtests", "fuzz", ".ci"]
+ALLOWED = {
+    # this file spells the patterns out
+    "tests/test_self_contained.py",
+}
+
+
+def _tracked(paths: list[str]) -> list[str]:
+    out = subprocess.run(["git", "ls-files", *paths], cwd=REPO, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        pytest.skip("not a git checkout: cannot list tracked files")
+    return [line for line in out.stdout.splitlines() if line and not line.startswith("loadtests/results/")]
+
+
+def _offences(path: str) -> list[str]:
+    try:
+        text = (REPO / path).read_text(encoding="utf-8")
+    except (UnicodeDecodeError, FileNotFoundError):
+        return []
+    found = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        for pattern in OUTSIDE:
+            if pattern.search(line):
+                found.append(f"{path}:{number}: {line.strip()[:120]}")
+    return found
+
+
+def test_no_test_refers_to_a_path_outside_the_repository() -> None:
+    sources = [path for path in _tracked(SOURCES) if path.endswith((".py", ".sh", ".toml", ".cfg", "run"))]
+    assert sources, "no sources found"
+    offences = [offence for path in sources if path not in ALLOWED for offence in _offences(path)]
+    assert offences == []
+
+
+def test_the_check_catches_a_climbing_path(tmp_path_factory: pytest.TempPathFactory) -> None:
+    samples = ['json.loads((REPO.parent / "shared" / "vectors").read_text())', 'open("../shared/x.json")']
+    for sample in samples:
+        assert any(pattern.search(sample) for pattern in OUTSIDE), sample
+
+
+def test_the_vectors_are_in_the_repository() -> None:
+    path = vectors_path().resolve()
+    assert path.is_relative_to(REPO.resolve())
+    vectors = load_vectors()
+    providers = {case["phone"]["provider"] for case in vectors["cases"]}
+    assert providers >= {"plivo", "vobiz", "exotel", "telnyx", "twilio"}
