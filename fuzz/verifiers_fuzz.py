@@ -35,8 +35,8 @@ with atheris.instrument_imports():
 
     from gateway import inbound as inbound_module
     from gateway.answers import Answerer
+    from gateway.diagnostics.mismatch import MismatchExplainer
     from gateway.errors import Rejected
-    from gateway.explain import MismatchExplainer
     from gateway.forwarder import Outcome
     from gateway.inbound import InboundRequest, parse_pairs
     from gateway.providers import Key, KeyKind, PhoneCredentials, Provider, Verifier, telnyx

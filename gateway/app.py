@@ -23,8 +23,8 @@ from gateway.admin import AdminAPI
 from gateway.answers import Answerer
 from gateway.asgi_io import Receive, Scope, Send
 from gateway.calls import CallAware
+from gateway.diagnostics.mismatch import MismatchExplainer
 from gateway.dispatch import DispatchClient
-from gateway.explain import MismatchExplainer
 from gateway.forwarder import FORWARD_SCRIPT, Forwarder
 from gateway.keystore import KeyStore
 from gateway.providers import Provider, Verifier

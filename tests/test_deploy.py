@@ -608,8 +608,8 @@ def test_deployment_probes_and_shutdown(k8s: list[dict[str, Any]]) -> None:
     sleep_s = int(pre_stop["exec"]["command"][1]) if "exec" in pre_stop else int(pre_stop["sleep"]["seconds"])
     assert pre_stop.get("exec", {}).get("command", ["sleep"])[0] == "sleep"
     assert sleep_s >= 5, "preStop sleep too short for endpoint removal to propagate"
-    uvicorn_graceful_s = 30  # gateway/cli.py: timeout_graceful_shutdown=30
-    cli_source = (REPO / "gateway" / "cli.py").read_text(encoding="utf-8")
+    uvicorn_graceful_s = 30  # gateway/cli/serve.py: timeout_graceful_shutdown=30
+    cli_source = (REPO / "gateway" / "cli" / "serve.py").read_text(encoding="utf-8")
     assert f"timeout_graceful_shutdown={uvicorn_graceful_s}" in cli_source, "update uvicorn_graceful_s"
     assert pod["terminationGracePeriodSeconds"] > sleep_s + uvicorn_graceful_s
     assert pod["topologySpreadConstraints"], "no topology spread"

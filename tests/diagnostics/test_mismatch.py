@@ -1,4 +1,4 @@
-"""Signature mismatch diagnosis (gateway/explain.py): each kind found and labelled, never accepted.
+"""Signature mismatch diagnosis (gateway/diagnostics/mismatch.py): each kind found and labelled, never accepted.
 
 Pure tests call `diagnose` on InboundRequests built like the edge builds them; HTTP tests go
 through the real app and socket and read the real metric and log.
@@ -19,13 +19,14 @@ import pytest
 import redis
 from prometheus_client import REGISTRY
 
-from gateway import explain
+from gateway.diagnostics import mismatch
+from gateway.diagnostics.mismatch import MAX_VARIANTS, MismatchExplainer, diagnose, variants
 from gateway.errors import Reason, Rejected
-from gateway.explain import MAX_VARIANTS, MismatchExplainer, diagnose, variants
 from gateway.inbound import InboundRequest
 from gateway.providers import KeyKind, PhoneCredentials, Provider, Verified
 from gateway.providers import plivo as plivo_sig
 from gateway.providers import twilio as twilio_sig
+from gateway.providers import vobiz as vobiz_sig
 from gateway.providers.plivo import PlivoVerifier
 from gateway.providers.telnyx import TelnyxVerifier
 from gateway.providers.twilio import TwilioVerifier
@@ -167,6 +168,8 @@ PURE_CASES: list[tuple[str, Provider, InboundRequest, tuple[str, ...]]] = [
 
 
 def _verifier(provider: Provider) -> PlivoVerifier | TwilioVerifier:
+    if provider is Provider.VOBIZ:
+        return vobiz_sig.verifier()
     return TwilioVerifier() if provider is Provider.TWILIO else PlivoVerifier()
 
 
@@ -222,10 +225,10 @@ def test_content_type_lost_on_the_way_is_form_vs_raw() -> None:
 
 def test_vobiz_own_header_is_diagnosed_too() -> None:
     nonce = "12345678901234567890"
-    signature = plivo_sig.sign_vobiz_v3(TOKEN, f"{H}{PATH}", nonce)
+    signature = vobiz_sig.sign_vobiz_v3(TOKEN, f"{H}{PATH}", nonce)
     headers = {"X-Vobiz-Signature-V3": signature, "X-Vobiz-Signature-V3-Nonce": nonce, "Content-Type": FORM}
     received = inbound(f"http://hooks.example.com{PATH}", headers=headers, body="CallUUID=1&CallStatus=ringing")
-    found = diagnose(received, plivo_creds(Provider.VOBIZ), PlivoVerifier(), NOW)
+    found = diagnose(received, plivo_creds(Provider.VOBIZ), vobiz_sig.verifier(), NOW)
     assert found is not None and found.labels == ("scheme",)
 
 
@@ -336,6 +339,7 @@ class Counting(PlivoVerifier):
     """The real verifier, counting its runs."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.calls = 0
 
     def verify(self, inbound: InboundRequest, creds: PhoneCredentials, now: float) -> Verified:
@@ -450,7 +454,7 @@ def rejected_count(provider: str, reason: str) -> float:
 
 
 def all_mismatches() -> float:
-    return sum(mismatch_count(p, m) for p in ("plivo", "vobiz", "twilio") for m in explain.LABELS)
+    return sum(mismatch_count(p, m) for p in ("plivo", "vobiz", "twilio") for m in mismatch.LABELS)
 
 
 def plivo_http(
@@ -551,7 +555,7 @@ def test_http_scheme_and_host_count_both_labels(
 def test_http_vobiz_header(gw: RunningGateway, redis_sync: redis.Redis, caplog: pytest.LogCaptureFixture) -> None:
     phone_id, token = put_plivo(gw, provider="vobiz")
     nonce = str(secrets.randbelow(10**20))
-    signature = plivo_sig.sign_vobiz_v3(token, f"https://hooks.example.com/plivo/status/{phone_id}", nonce)
+    signature = vobiz_sig.sign_vobiz_v3(token, f"https://hooks.example.com/plivo/status/{phone_id}", nonce)
     headers = {
         "X-Vobiz-Signature-V3": signature,
         "X-Vobiz-Signature-V3-Nonce": nonce,
@@ -685,7 +689,7 @@ def test_http_a_failing_diagnosis_does_not_change_the_answer(
     def broken(*_args: Any, **_kwargs: Any) -> None:
         raise RuntimeError("diagnosis bug")
 
-    monkeypatch.setattr(explain, "diagnose", broken)
+    monkeypatch.setattr(mismatch, "diagnose", broken)
     phone_id, token = put_plivo(gw)
     target, headers, body = plivo_http(token, phone_id, f"http://hooks.example.com/plivo/status/{phone_id}")
     headers |= {"x-forwarded-proto": "https", "x-forwarded-host": "hooks.example.com"}

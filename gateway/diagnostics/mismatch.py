@@ -31,12 +31,13 @@ from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from gateway import metrics
+from gateway.diagnostics.wire import wire_text
 from gateway.errors import Rejected
 from gateway.inbound import FORM_CONTENT_TYPE, InboundRequest, parse_pairs
 from gateway.providers import PhoneCredentials, Provider, Verified, Verifier
 from gateway.settings import PublicBase
 
-log = logging.getLogger("gateway.explain")
+log = logging.getLogger("gateway.explain")  # the name operators filter on (docs/explain-and-sign.md)
 
 # Carriers whose signature covers the URL (Telnyx: timestamp|body; Exotel: unsigned).
 SUPPORTED = frozenset({Provider.PLIVO, Provider.VOBIZ, Provider.TWILIO})
@@ -263,7 +264,7 @@ def _query_edits(inbound: InboundRequest, provider: Provider) -> list[_Edit]:
             if text != raw:
                 edits.append(_edit(QUERY_ENCODING, f"query with {case}-case percent-escapes", query_string=text))
         try:
-            pairs = parse_pairs(_wire_text(raw))
+            pairs = parse_pairs(wire_text(raw))
         except Rejected:
             pairs = []
         for encoded, style in ((urlencode(pairs), "form style"), (urlencode(pairs, quote_via=quote), "%20 style")):
@@ -285,13 +286,6 @@ def _body_edits(inbound: InboundRequest, provider: Provider) -> list[_Edit]:
         return []
     headers = {**inbound.headers, "content-type": FORM_CONTENT_TYPE}
     return [_edit(FORM_VS_RAW, f"body as form parameters (Content-Type {FORM_CONTENT_TYPE})", headers=headers)]
-
-
-def _wire_text(raw: str) -> str:
-    try:
-        return raw.encode("latin-1").decode("utf-8")
-    except (UnicodeEncodeError, UnicodeDecodeError):
-        return raw
 
 
 # Parsed values an InboundRequest caches, and what they are derived from. Whitelisted: a

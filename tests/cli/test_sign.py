@@ -25,6 +25,7 @@ from nacl.signing import SigningKey
 from prometheus_client import REGISTRY
 
 from gateway.cli import main
+from gateway.diagnostics.mismatch import MismatchExplainer
 from tests.support import KEK, REPO, RunningGateway, make_settings, random_id, run_gateway
 
 PUBLIC = "https://hooks.example.com"
@@ -256,7 +257,6 @@ def test_neither_trusted_nor_public_base_is_rejected_and_diagnosed(
     import functools
 
     import gateway.app
-    from gateway.explain import MismatchExplainer
 
     generous = functools.partial(MismatchExplainer, max_diagnosis_s=1.0, cpu_burst_s=10.0)
     monkeypatch.setattr(gateway.app, "MismatchExplainer", generous)

@@ -4,9 +4,10 @@
     gateway consume --group dispatch --consumer worker-1 --handler post --url https://dispatch.example.com/events
 
 Reads GATEWAY_REDIS_URL / GATEWAY_REDIS_CLUSTER / GATEWAY_STREAM and the Redis timeouts
-like the gateway; the POST handler signs with GATEWAY_FORWARD_SIGNING_KEY. It needs no
-GATEWAY_KEK (it never opens a phone record). SIGTERM or SIGINT: the entry in hand is
-finished (and acknowledged, or left pending), then it exits 0.
+like the gateway (in development mode, the embedded server `gateway serve` started here);
+the POST handler signs with GATEWAY_FORWARD_SIGNING_KEY. It needs no GATEWAY_KEK (it never
+opens a phone record). SIGTERM or SIGINT: the entry in hand is finished (and acknowledged,
+or left pending), then it exits 0.
 
 Exit status: 0 stopped (or --once done), 2 bad settings or arguments, 3 Redis unreachable with --once.
 """
@@ -15,35 +16,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import dataclasses
 import logging
-import os
-import secrets
 import signal
 import sys
 from typing import Any
 from urllib.parse import urlsplit
 
 from gateway import consumer as consumer_mod
-from gateway.settings import Settings, SettingsError, from_env
+from gateway.cli.common import cli_settings
+from gateway.redis_client import connect
+from gateway.settings import Settings, SettingsError
 
 log = logging.getLogger("gateway.consume")
 
 
 def consume_settings() -> Settings:
     """The gateway's settings; GATEWAY_KEK is not required (a throwaway one stands in, never used)."""
-    env = dict(os.environ)
-    if not env.get("GATEWAY_REDIS_URL"):
-        from gateway.cli import EMBEDDED_DIR
-
-        sock = EMBEDDED_DIR / "redis" / "redis.sock"
-        if not sock.exists():
-            raise SettingsError("GATEWAY_REDIS_URL is not set (and no embedded server is running here)")
-        env["GATEWAY_REDIS_URL"] = f"unix://{sock}"
-    if not env.get("GATEWAY_KEK"):
-        env["GATEWAY_KEK"] = base64.b64encode(secrets.token_bytes(32)).decode()
-    return from_env(env)
+    return cli_settings(kek_required=False)
 
 
 def _handler(args: argparse.Namespace, settings: Settings) -> Any:
@@ -64,8 +54,6 @@ def _handler(args: argparse.Namespace, settings: Settings) -> Any:
 
 
 async def _consume(args: argparse.Namespace, settings: Settings) -> int:
-    from gateway.redis_client import connect
-
     # The blocking read must end before the socket timeout, or every idle round would be an error.
     block_ms = consumer_mod.DEFAULT_BLOCK_MS
     client_settings = dataclasses.replace(settings, redis_timeout_s=settings.redis_timeout_s + block_ms / 1000)

@@ -1,0 +1,115 @@
+"""What the commands share: settings resolution, development-mode discovery, the key store, printing.
+
+Development mode (`gateway serve` with GATEWAY_REDIS_URL unset) keeps its state under one
+directory (GATEWAY_EMBEDDED_DIR, default .gateway): the embedded server's data and unix
+socket in redis/, the development KEK in kek. The other commands find that server and
+KEK through `development_mode()`, with the socket's absolute path (a relative one would
+read as unix://host/path): `gateway serve`, `phones`, `sign`, `explain` and `consume` agree.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import sys
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from gateway.keystore import KeyStore
+from gateway.redis_client import connect
+from gateway.redis_keys import KeyNames
+from gateway.sealing import Sealer
+from gateway.settings import Settings, SettingsError, from_env, kek_bytes
+
+STARTUP_FAILURE = 3
+EMBEDDED_DIR = Path(os.environ.get("GATEWAY_EMBEDDED_DIR", ".gateway"))
+NO_REDIS = "GATEWAY_REDIS_URL is not set (and no embedded server is running here)"
+
+
+@dataclass(frozen=True)
+class DevelopmentMode:
+    """Development mode's state under `directory` (as configured: relative to the working directory)."""
+
+    directory: Path
+
+    @property
+    def redis_dir(self) -> Path:
+        """The embedded server's data directory; it listens on redis.sock in there."""
+        return self.directory / "redis"
+
+    @property
+    def socket(self) -> Path:
+        return self.redis_dir / "redis.sock"
+
+    @property
+    def kek_file(self) -> Path:
+        return self.directory / "kek"
+
+    def redis_url(self) -> str | None:
+        """unix:// and the absolute socket path when an embedded server runs here, else None."""
+        return f"unix://{self.socket.resolve()}" if self.socket.exists() else None
+
+    def kek(self) -> str | None:
+        """The development KEK, if one was kept here."""
+        return self.kek_file.read_text().strip() if self.kek_file.exists() else None
+
+    def keep_new_kek(self) -> None:
+        """Generate the development KEK unless there is one (mode 600, so sealed tokens reopen after a restart)."""
+        if not self.kek_file.exists():
+            self.kek_file.parent.mkdir(parents=True, exist_ok=True)
+            self.kek_file.write_text(generate_key())
+            self.kek_file.chmod(0o600)
+
+
+def development_mode() -> DevelopmentMode:
+    """Where development mode keeps (or would keep) the embedded server and the KEK."""
+    return DevelopmentMode(EMBEDDED_DIR)
+
+
+def generate_key() -> str:
+    """32 random bytes, base64 (a GATEWAY_KEK)."""
+    return base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def cli_settings(*, kek_required: bool = True) -> Settings:
+    """The gateway's settings from the environment, in development mode completed from `development_mode()`.
+
+    kek_required False: without GATEWAY_KEK a throwaway KEK stands in, never used (a command that
+    opens no phone record).
+    """
+    env = dict(os.environ)
+    development = development_mode()
+    if not env.get("GATEWAY_REDIS_URL"):
+        url = development.redis_url()
+        if url is None:
+            raise SettingsError(NO_REDIS)
+        env["GATEWAY_REDIS_URL"] = url
+    if not env.get("GATEWAY_KEK"):
+        if kek_required:
+            kek = development.kek()
+            if kek is not None:
+                env["GATEWAY_KEK"] = kek
+        else:
+            env["GATEWAY_KEK"] = generate_key()
+    return from_env(env)
+
+
+async def with_keystore(action: Callable[[KeyStore], Coroutine[Any, Any, int]]) -> int:
+    """Run `action` with the KeyStore the admin API uses, against Redis directly (`cli_settings()`)."""
+    settings = cli_settings()
+    redis = connect(settings)
+    try:
+        sealer = Sealer(kek_bytes(settings.kek), tuple(kek_bytes(s) for s in settings.kek_previous))
+        store = KeyStore(redis, sealer, KeyNames(settings.key_prefix, settings.stream))
+        return await action(store)
+    finally:
+        await redis.aclose()
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")

@@ -1,0 +1,264 @@
+"""`gateway explain`'s report: why a captured request fails (or passes) verification.
+
+Prints the URL the gateway would rebuild, whether the presented signature verifies,
+what the carrier would have signed (the string-to-sign: it holds no secret), which
+variant of the request would verify (gateway/diagnostics/mismatch.py) and which part
+differs. Never a key, and never a signature it computed: for an arbitrary request that
+would make this a signing oracle. Only "matches" / "does not match".
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from urllib.parse import urlsplit
+
+from gateway.diagnostics import mismatch
+from gateway.diagnostics.capture import Captured
+from gateway.diagnostics.carriers import TELNYX_TIMESTAMP
+from gateway.diagnostics.errors import CaptureError
+from gateway.diagnostics.strings_to_sign import shown, strings_to_sign
+from gateway.diagnostics.wire import text_url, wire_form
+from gateway.errors import Rejected
+from gateway.events import REDACTED_PARAMS, strip_query_params
+from gateway.inbound import InboundRequest
+from gateway.providers import KeyKind, PhoneCredentials, Provider, Verifier
+from gateway.providers.exotel import TOKEN_PARAM
+from gateway.providers.registry import spec_for
+from gateway.providers.spec import VerifierOptions
+from gateway.settings import PublicBase
+
+# The CLI can afford more variants than the request path.
+CLI_MAX_VARIANTS = 64
+
+
+# ---- the request as the gateway sees it ---------------------------------------------------
+
+
+def _first(value: str | None) -> str:
+    return value.split(",", 1)[0].strip() if value else ""
+
+
+def received_request(captured: Captured, public_base: PublicBase | None) -> tuple[InboundRequest, str]:
+    """The InboundRequest the gateway would build, and where its URL came from."""
+    headers: dict[str, str] = {}
+    duplicates: set[str] = set()
+    for name, value in captured.headers:
+        lowered = name.lower()
+        if lowered in headers:
+            duplicates.add(lowered)
+            continue
+        headers[lowered] = value
+    path, _, query = captured.target.partition("?")
+    if public_base is not None:
+        scheme, netloc, path = public_base.scheme, public_base.netloc, public_base.path_prefix + path
+        how = "GATEWAY_PUBLIC_BASE_URL (X-Forwarded-* ignored, as the gateway does)"
+    else:
+        if captured.url is not None:
+            parts = urlsplit(captured.url)
+            scheme, netloc, how = parts.scheme, parts.netloc, f"the {captured.source} URL"
+        else:
+            scheme, netloc, how = "http", "", "the Host header, scheme http (not in a raw capture)"
+        if "host" in headers:
+            netloc = headers["host"]
+            how = f"the Host header, scheme {scheme}"
+        forwarded = [h for h in ("x-forwarded-proto", "x-forwarded-host") if _first(headers.get(h))]
+        if forwarded:
+            scheme = _first(headers.get("x-forwarded-proto")).lower() or scheme
+            netloc = _first(headers.get("x-forwarded-host")) or netloc
+            how += " + X-Forwarded-Proto/-Host (believed only from GATEWAY_TRUSTED_PROXIES)"
+    client_ip = _first(headers.get("x-forwarded-for")) or "192.0.2.1"
+    request = InboundRequest(
+        method=captured.method,
+        scheme=scheme,
+        netloc=netloc,
+        raw_path=wire_form(path or "/"),
+        query_string=wire_form(query),
+        headers=headers,
+        body=captured.body,
+        client_ip=client_ip,
+        duplicate_headers=frozenset(duplicates),
+    )
+    return request, how
+
+
+def configured_request(received: InboundRequest, public_url: str) -> InboundRequest:
+    """`received` as if addressed to the callback URL configured at the carrier.
+
+    A URL without a path keeps the captured path; without a query, the captured query.
+    """
+    parts = urlsplit(public_url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise CaptureError(f"--public-url {public_url!r}: expected http(s)://host[:port][/path][?query]")
+    path = wire_form(parts.path) if parts.path not in ("", "/") else received.raw_path
+    query = wire_form(parts.query) if parts.query else received.query_string
+    return InboundRequest(
+        method=received.method,
+        scheme=parts.scheme,
+        netloc=parts.netloc,
+        raw_path=path,
+        query_string=query,
+        headers=received.headers,
+        body=received.body,
+        client_ip=received.client_ip,
+        duplicate_headers=received.duplicate_headers,
+    )
+
+
+def differences(received: InboundRequest, configured: InboundRequest) -> list[str]:
+    """Which parts of the URL differ, in words."""
+    out: list[str] = []
+    if received.scheme != configured.scheme:
+        out.append(f"scheme: gateway sees {received.scheme}, carrier calls {configured.scheme}")
+    if received.netloc != configured.netloc:
+        same_host = mismatch.split_netloc(received.netloc)[0] == mismatch.split_netloc(configured.netloc)[0]
+        kind = "port" if same_host else "host"
+        out.append(f"{kind}: gateway sees {received.netloc}, carrier calls {configured.netloc}")
+    if received.raw_path != configured.raw_path:
+        out.append(f"path: gateway sees {received.raw_path}, carrier calls {configured.raw_path}")
+    if received.query_string != configured.query_string:
+        same = sorted(received.query_string.split("&")) == sorted(configured.query_string.split("&"))
+        out.append("query: same parameters in another order" if same else "query: differs (values not shown)")
+    return out
+
+
+# ---- the report ---------------------------------------------------------------------------
+
+
+def _verifier(provider: Provider, tolerance_s: int) -> Verifier | None:
+    """The gateway's own verifier for this carrier (None for Exotel: it checks addresses and tokens)."""
+    if provider is Provider.EXOTEL:
+        return None
+    return spec_for(provider).make_verifier(VerifierOptions(timestamp_tolerance_s=tolerance_s))
+
+
+def _verdict(verifier: Verifier, request: InboundRequest, creds: PhoneCredentials, now: float) -> tuple[bool, str]:
+    try:
+        verified = verifier.verify(request, creds, now)
+    except Rejected as rejection:
+        return False, rejection.reason.value
+    return True, f"key {verified.key_fingerprint}"
+
+
+def report(
+    captured: Captured,
+    creds: PhoneCredentials,
+    *,
+    public_base: PublicBase | None,
+    public_url: str | None,
+    tolerance_s: int = 300,
+    now: float | None = None,
+) -> tuple[list[str], int]:
+    """The lines to print and the exit status (0 verifies as captured, 1 does not)."""
+    now = time.time() if now is None else now
+    provider = creds.provider
+    received, how = received_request(captured, public_base)
+    lines: list[str] = []
+    fingerprints = ", ".join(f"{kind.value} {key.fingerprint}" for kind, keys in creds.keys.items() for key in keys)
+    lines.append(f"phone {creds.phone_id}: {provider.value} (keys: {fingerprints or 'none'})")
+    shown_url = text_url(received)
+    if provider is Provider.EXOTEL:
+        shown_url = text_url(received, with_query=False)
+    lines.append(f"request: {received.method} {shown_url}")
+    lines.append(f"  URL as the gateway rebuilds it, from {how}")
+
+    if provider is Provider.EXOTEL:
+        lines += _exotel_lines(received, creds, now)
+        return lines, 0 if _exotel_token_ok(received, creds, now) else 1
+
+    verifier = _verifier(provider, tolerance_s)
+    assert verifier is not None
+    check_now = now
+    if provider is Provider.TELNYX:
+        try:  # judge the signature at the moment it was made; the age is reported apart
+            check_now = float(int(received.headers.get(TELNYX_TIMESTAMP, "")))
+        except ValueError:
+            pass
+    ok, detail = _verdict(verifier, received, creds, check_now)
+    lines.append(f"signature as captured: {'MATCHES' if ok else 'does not match'} ({detail})")
+    status = 0 if ok else 1
+    if provider is Provider.TELNYX:
+        if ok and abs(now - check_now) > tolerance_s:
+            lines.append(
+                f"  but the timestamp is {int(now - check_now)} s from now (tolerance {tolerance_s} s): "
+                "the gateway rejects it as stale (a replayed capture, or clock skew)"
+            )
+            status = 1
+        for what, text in strings_to_sign(received, provider):
+            lines += [f"the carrier signs, {what}:", f"  {shown(text)}"]
+        if not ok:
+            lines.append("  Telnyx signs the timestamp and the body, not the URL: a body changed on the way (even")
+            lines.append("  re-serialised JSON or a trailing newline), another timestamp, or another key.")
+        return lines, status
+
+    for what, text in strings_to_sign(received, provider):
+        lines += [f"a carrier calling this URL signs, {what}:", f"  {shown(text)}"]
+    if ok:
+        return lines, status
+
+    hint, hint_source = public_base, "GATEWAY_PUBLIC_BASE_URL"
+    if public_url is not None:
+        configured = configured_request(received, public_url)
+        matches, why = _verdict(verifier, configured, creds, now)
+        lines.append(f"with --public-url {text_url(configured)}: {'MATCHES' if matches else 'does not match'} ({why})")
+        for part in differences(received, configured) or ["nothing: the same URL"]:
+            lines.append(f"  differs: {part}")
+        if matches:
+            for what, text in strings_to_sign(configured, provider):
+                lines += [f"the carrier signed, {what}:", f"  {shown(text)}"]
+            return lines, status
+        hint, hint_source = PublicBase(configured.scheme, configured.netloc, ""), "--public-url"
+
+    tried: list[tuple[mismatch.Variant, bool]] = []
+    found: mismatch.Variant | None = None
+    for variant, verified in mismatch.attempts(
+        received, creds, verifier, now, public_base=hint, base_source=hint_source, limit=CLI_MAX_VARIANTS
+    ):
+        tried.append((variant, verified is not None))
+        if verified is not None:
+            found = variant
+            break
+    lines.append(f"variants tried: {len(tried)}")
+    for variant, matched in tried:
+        lines.append(f"  {'MATCH' if matched else 'no   '}  [{variant.label}] {variant.description}")
+    if found is not None:
+        lines.append(f"diagnosis: {mismatch.Diagnosis(provider, found, None, len(tried)).message()}")
+        for what, text in strings_to_sign(found.request, provider):
+            lines += [f"the carrier signed, {what}:", f"  {shown(text)}"]
+    else:
+        lines.append(
+            "diagnosis: no variant matches: the auth token differs (rotated? sub-account?), the body was changed "
+            "on the way, or the request is forged."
+            + ("" if public_url else " Try --public-url with the callback URL configured at the carrier.")
+        )
+    return lines, status
+
+
+def _exotel_token_ok(request: InboundRequest, creds: PhoneCredentials, now: float) -> bool:
+    keys = creds.active_keys(KeyKind.EXOTEL_WEBHOOK_TOKEN, now)
+    if not creds.keys.get(KeyKind.EXOTEL_WEBHOOK_TOKEN):
+        return True
+    try:
+        presented = [value for name, value in request.query_params() if name == TOKEN_PARAM]
+    except Rejected:
+        return False
+    if len(presented) != 1:
+        return False
+    token = presented[0].encode("utf-8")
+    return any(hmac.compare_digest(key.material, token) for key in keys)
+
+
+def _exotel_lines(request: InboundRequest, creds: PhoneCredentials, now: float) -> list[str]:
+    lines = [
+        "Exotel does not sign callbacks: the gateway checks the source address against EXOTEL_ALLOWED_IPS",
+        f"  (this capture says {request.client_ip}; the gateway uses the socket peer, or X-Forwarded-For",
+        "  from GATEWAY_TRUSTED_PROXIES) and, when the phone has one, the ?token= of the URL.",
+    ]
+    if not creds.keys.get(KeyKind.EXOTEL_WEBHOOK_TOKEN):
+        lines.append("token: the phone has none (IP allowlist only)")
+    elif _exotel_token_ok(request, creds, now):
+        lines.append("token: MATCHES the phone's exotel_webhook_token")
+    else:
+        shown = strip_query_params(request.query_string, REDACTED_PARAMS)
+        lines.append(f"token: missing, repeated or different (query without it: {shown or '-'})")
+    return lines
