@@ -11,7 +11,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import unquote
+
+import orjson
 
 from gateway.errors import Reason, Rejected
 
@@ -195,3 +198,17 @@ class InboundRequest:
                 merged = {**_first_values(query), **merged}
             cached = self._cache["params"] = merged
         return cached  # type: ignore[return-value]
+
+    def json_object(self) -> Mapping[str, Any] | None:
+        """The body as a JSON object (None when it is anything else), parsed once per request.
+
+        Kept on the request, never in a process-wide cache: an unauthenticated body must not
+        outlive its request (docs/threat-model.md).
+        """
+        if "json" not in self._cache:
+            try:
+                document = orjson.loads(self.body)
+            except orjson.JSONDecodeError:  # also invalid UTF-8, too deep, numbers out of range
+                document = None
+            self._cache["json"] = document if isinstance(document, dict) else None
+        return self._cache["json"]  # type: ignore[return-value]

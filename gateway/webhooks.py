@@ -113,16 +113,16 @@ def _decoys() -> dict[RouteFamily, PhoneCredentials]:
     return {family: decoy_for(family) for family in RouteFamily}
 
 
-def _no_numbers(_body: bytes) -> list[str]:
+def _no_numbers(_inbound: InboundRequest) -> list[str]:
     return []
 
 
-def _numbers_in_body() -> dict[RouteFamily, Callable[[bytes], list[str]]]:
+def _numbers_in_request() -> dict[RouteFamily, Callable[[InboundRequest], list[str]]]:
     """Per family, how to find our number in an event (routes whose phone id is optional)."""
-    found: dict[RouteFamily, Callable[[bytes], list[str]]] = dict.fromkeys(RouteFamily, _no_numbers)
+    found: dict[RouteFamily, Callable[[InboundRequest], list[str]]] = dict.fromkeys(RouteFamily, _no_numbers)
     for spec in CARRIERS.values():
-        if spec.numbers_in_body is not None:
-            found[spec.family] = spec.numbers_in_body
+        if spec.numbers_in_request is not None:
+            found[spec.family] = spec.numbers_in_request
     return found
 
 
@@ -150,7 +150,7 @@ class WebhookHandler:
         self._max_body = max_body_bytes
         self._clock = clock
         self._decoys = _decoys()
-        self._numbers_in_body = _numbers_in_body()
+        self._numbers_in_request = _numbers_in_request()
         self._explain = explain  # gateway/explain.py: diagnoses failed signatures, never accepts
         # GATEWAY_ACCESS_LOG: a line costs about a tenth of an accepted request's CPU, and the
         # metrics and the stream already record every accepted one; refusals and 503s are what
@@ -293,7 +293,7 @@ class WebhookHandler:
         if route.phone_id is not None:
             return await self._keystore.credentials(route.phone_id)
         # No phone in the path (Telnyx): find it from the event's own number.
-        for number in self._numbers_in_body[route.family](inbound.body):
+        for number in self._numbers_in_request[route.family](inbound):
             phone_id = await self._keystore.phone_for_number(number)
             if phone_id is not None:
                 return await self._keystore.credentials(phone_id)

@@ -109,5 +109,5 @@ class CarrierSpec:
     # Credentials no request can match, for unknown phones of the family (one carrier per family).
     decoy: Callable[[], PhoneCredentials] | None = None
     secret_params: frozenset[str] = frozenset()  # query/form parameters never forwarded or logged
-    numbers_in_body: Callable[[bytes], list[str]] | None = None  # routes without a phone id
+    numbers_in_request: Callable[[InboundRequest], list[str]] | None = None  # routes without a phone id
     sample_params: Callable[[], list[tuple[str, str]]] | None = None  # `gateway sign`: a plausible callback

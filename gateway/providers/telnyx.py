@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import secrets
 from collections.abc import Mapping
 from typing import Any
@@ -98,31 +97,46 @@ class TelnyxVerifier:
         raise Rejected(Reason.INVALID_SIGNATURE, "no active public key verifies the signature")
 
 
-# One request reads its event up to three times (number routing, idempotency key, call-aware
-# check), with awaits in between: a small cache keyed by the body bytes parses it once.
-# Callers only read the returned mapping.
-@functools.lru_cache(maxsize=64)
+def _data_of(document: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    data = document.get("data") if document is not None else None
+    return data if isinstance(data, dict) else None
+
+
 def parse_event(body: bytes) -> Mapping[str, Any] | None:
     """The event's `data` object, or None unless the body is a JSON object holding one."""
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError:  # also invalid UTF-8, too deep, numbers out of range
         return None
-    if not isinstance(document, dict):
-        return None
-    data = document.get("data")
-    return data if isinstance(data, dict) else None
+    return _data_of(document if isinstance(document, dict) else None)
 
 
-def event_id(body: bytes) -> str | None:
-    """`data.id`, Telnyx's identity for an event (it may deliver one event twice)."""
-    data = parse_event(body)
+def request_event(inbound: InboundRequest) -> Mapping[str, Any] | None:
+    """The request's `data` object; the body is parsed once per request (routing, key, call check)."""
+    return _data_of(inbound.json_object())
+
+
+def _event_id_of(data: Mapping[str, Any] | None) -> str | None:
     value = data.get("id") if data is not None else None
     return value if isinstance(value, str) and value else None
 
 
+def event_id(body: bytes) -> str | None:
+    """`data.id`, Telnyx's identity for an event (it may deliver one event twice)."""
+    return _event_id_of(parse_event(body))
+
+
 def event_numbers(body: bytes) -> list[str]:
-    """Candidate E.164 numbers of OUR phone in this event, most likely first.
+    """Candidate E.164 numbers of OUR phone in this event, most likely first (see `numbers_of`)."""
+    return numbers_of(parse_event(body))
+
+
+def request_numbers(inbound: InboundRequest) -> list[str]:
+    return numbers_of(request_event(inbound))
+
+
+def numbers_of(data: Mapping[str, Any] | None) -> list[str]:
+    """Candidate E.164 numbers of OUR phone in an event's `data`, most likely first.
 
     With a `direction` (Call Control v2 sends it on `call.initiated`): incoming ->
     `payload.to` (the number dialled), outgoing -> `payload.from` (the number we call
@@ -133,7 +147,6 @@ def event_numbers(body: bytes) -> list[str]:
     same public key): route those through /webhooks/telnyx/voice/{phone_id}.
     Only `+` and 1-15 digits count (SIP URIs and the like are not numbers).
     """
-    data = parse_event(body)
     payload = data.get("payload") if data is not None else None
     if not isinstance(payload, dict):
         return []
@@ -155,7 +168,7 @@ def _is_e164(number: str) -> bool:
 
 def idempotency_key(inbound: InboundRequest, kind: str) -> str | None:
     """`data.id`: the same event delivered again has the same id (whatever the route kind)."""
-    return event_id(inbound.body)
+    return _event_id_of(request_event(inbound))
 
 
 def call_event(inbound: InboundRequest, kind: str) -> CallEvent | None:
@@ -164,7 +177,7 @@ def call_event(inbound: InboundRequest, kind: str) -> CallEvent | None:
     https://developers.telnyx.com/api-reference/callbacks/call-hangup; Telnyx may deliver
     out of order: https://developers.telnyx.com/docs/voice/programmable-voice/receiving-webhooks
     """
-    data = parse_event(inbound.body)
+    data = request_event(inbound)
     if data is None:
         return None
     payload = data.get("payload")
@@ -207,5 +220,5 @@ SPEC = CarrierSpec(
     answer=None,  # Call Control ignores webhook answer bodies
     signature_headers=(SIGNATURE_HEADER, TIMESTAMP_HEADER),
     decoy=decoy,
-    numbers_in_body=event_numbers,
+    numbers_in_request=request_numbers,
 )

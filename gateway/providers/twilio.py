@@ -19,8 +19,6 @@ import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from urllib.parse import ParseResult, urlparse
 
-import orjson
-
 from gateway.errors import Reason, Rejected
 from gateway.inbound import InboundRequest, wire_text
 from gateway.providers import Key, KeyKind, PhoneCredentials, Provider, RouteFamily, Verified, params_digest, quote_part
@@ -166,14 +164,6 @@ class TwilioVerifier:
         raise Rejected(Reason.INVALID_SIGNATURE, f"no active {kind} key matches")
 
 
-def _json_fields(body: bytes) -> Mapping[str, object]:
-    try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return {}
-    return document if isinstance(document, dict) else {}
-
-
 def idempotency_key(inbound: InboundRequest, kind: str) -> str | None:
     """`kind:CallSid:CallStatus` (percent-quoted parts), or None without a CallSid.
 
@@ -181,7 +171,7 @@ def idempotency_key(inbound: InboundRequest, kind: str) -> str | None:
     """
     params: Mapping[str, object] = inbound.params()
     if "CallSid" not in params and inbound.body and not inbound.is_form:
-        params = _json_fields(inbound.body)
+        params = inbound.json_object() or {}
     call_sid = params.get("CallSid")
     if not isinstance(call_sid, str) or not call_sid:
         return None
