@@ -25,13 +25,10 @@ from gateway.asgi_io import Receive, Scope, Send
 from gateway.calls import CallAware
 from gateway.diagnostics.mismatch import MismatchExplainer
 from gateway.dispatch import DispatchClient
+from gateway.errors import NOT_FOUND
 from gateway.forwarder import FORWARD_SCRIPT, Forwarder
 from gateway.keystore import KeyStore
-from gateway.providers import Provider, Verifier
-from gateway.providers.exotel import Allowlist, ExotelVerifier
-from gateway.providers.plivo import PlivoVerifier
-from gateway.providers.telnyx import TelnyxVerifier
-from gateway.providers.twilio import TwilioVerifier
+from gateway.providers.registry import build_verifiers
 from gateway.proxy import OriginResolver
 from gateway.redis_client import connect
 from gateway.redis_keys import KeyNames
@@ -41,23 +38,6 @@ from gateway.stream_monitor import StreamMonitor
 from gateway.webhooks import WebhookHandler, match_route
 
 log = logging.getLogger("gateway")
-
-
-def load_exotel_allowlist(settings: Settings) -> Allowlist:
-    """EXOTEL_ALLOWED_IPS when set (even empty), else the built-in data file."""
-    if settings.exotel_allowed_ips is not None:
-        allowlist = Allowlist.parse(settings.exotel_allowed_ips)
-        source = "EXOTEL_ALLOWED_IPS"
-    else:
-        allowlist = Allowlist.load_file(settings.exotel_allowed_ips_file)
-        source = str(settings.exotel_allowed_ips_file)
-    if not allowlist:
-        log.warning(
-            "Exotel allowlist is empty (%s): every /exotel/ request will be rejected. "
-            "Exotel does not publish its callback IPs; ask Exotel support for them and set EXOTEL_ALLOWED_IPS.",
-            source,
-        )
-    return allowlist
 
 
 @dataclass
@@ -81,7 +61,9 @@ class GatewayApp:
         self.settings = settings
         self._clock = clock
         self._redis_factory = redis_factory or (lambda: connect(settings))
-        self._allowlist = load_exotel_allowlist(settings)  # fail fast on a bad data file
+        self._verifier_options = settings.verifier_options()  # fail fast on a bad allowlist file
+        for warning in settings.verifier_warnings(self._verifier_options):
+            log.warning("%s", warning)
         self._sealer = Sealer(kek_bytes(settings.kek), tuple(kek_bytes(s) for s in settings.kek_previous))
         self._names = KeyNames(prefix=settings.key_prefix, stream=settings.stream)
         self.components: Components | None = None
@@ -113,13 +95,7 @@ class GatewayApp:
             wait_replicas=settings.redis_wait_replicas,
             wait_timeout_ms=max(1, int(settings.redis_timeout_s * 500)),  # answered well before the socket timeout
         )
-        verifiers: dict[Provider, Verifier] = {
-            Provider.PLIVO: PlivoVerifier(),
-            Provider.VOBIZ: PlivoVerifier(),
-            Provider.TWILIO: TwilioVerifier(),
-            Provider.TELNYX: TelnyxVerifier(tolerance_s=settings.telnyx_tolerance_s),
-            Provider.EXOTEL: ExotelVerifier(self._allowlist),
-        }
+        verifiers = build_verifiers(self._verifier_options)
         dispatch = (  # answer mode proxy: one pooled client per process (docs/answers-and-forwards.md)
             DispatchClient(
                 settings.dispatch_url,
@@ -213,7 +189,7 @@ class GatewayApp:
             failure = {"ready": False, "redis": metrics.redis_error_class(exc)}
             return Response(orjson.dumps(failure), 503, media_type="application/json")
         metrics.REDIS_UP.set(1)
-        body: dict[str, Any] = {"ready": True, "redis": "ok", "exotel_allowlist_entries": len(self._allowlist)}
+        body: dict[str, Any] = {"ready": True, "redis": "ok", **self.settings.readiness_details(self._verifier_options)}
         return Response(orjson.dumps(body), 200, media_type="application/json")
 
     async def _metrics(self, _request: Request) -> Response:
@@ -244,7 +220,8 @@ class GatewayApp:
                     await components.webhooks(scope, receive, send, route)
                     return
                 if self._admin_port is not None and not _public_path(scope["path"]):
-                    await PlainTextResponse("not found\n", 404)(scope, receive, send)
+                    status, text = NOT_FOUND
+                    await PlainTextResponse(text, status)(scope, receive, send)
                     return
         await self._starlette(scope, receive, send)
 
