@@ -100,7 +100,7 @@ class HiredisPacking:
 
     redis-py's asyncio connections encode every argument in Python; for the forwarder's one
     EVALSHA per batch (a hundred arguments or more) that was a fifth of the request path's
-    Redis cost (loadtests/README.md). The wire bytes are the same (tests/test_redis_packing.py).
+    Redis cost (loadtests/README.md). The wire bytes are the same (tests/storage/test_redis_packing.py).
     """
 
     if HIREDIS_AVAILABLE:  # a dependency (redis[hiredis]); without it, redis-py's own encoder
