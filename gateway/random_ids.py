@@ -1,4 +1,4 @@
-"""Random 128-bit ids (hex) from the OS CSPRNG, read in blocks.
+"""Random 128-bit ids (hex) from the OS CSPRNG, read in blocks; and new random keys (`new_key`).
 
 `os.urandom(16)` per event is one getrandom() system call per request; on the VMs we
 measured, that call cost as much as the rest of building the event (loadtests/README.md).
@@ -8,7 +8,9 @@ is dropped in a forked child, so two processes never hand out the same ids.
 
 from __future__ import annotations
 
+import base64
 import os
+import secrets
 
 _ID_BYTES = 16
 _BLOCK_IDS = 256
@@ -32,6 +34,11 @@ class RandomIds:
     def forget(self) -> None:
         self._block = b""
         self._offset = 0
+
+
+def new_key(size: int = 32) -> str:
+    """`size` random bytes from the OS CSPRNG, base64: a new GATEWAY_KEK (`gateway genkey`), a signing key."""
+    return base64.b64encode(secrets.token_bytes(size)).decode()
 
 
 event_ids = RandomIds()

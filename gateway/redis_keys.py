@@ -11,8 +11,12 @@ from __future__ import annotations
 import functools
 import hashlib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from redis.crc import key_slot
+
+if TYPE_CHECKING:
+    from gateway.settings import Settings
 
 
 def hash_tag(key: str) -> str:
@@ -56,6 +60,11 @@ class KeyNames:
     prefix: str = "gateway"
     stream: str = "gateway:events"
     _tag: str = field(init=False, repr=False, compare=False)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> KeyNames:
+        """The names for GATEWAY_KEY_PREFIX and GATEWAY_STREAM."""
+        return cls(prefix=settings.key_prefix, stream=settings.stream)
 
     def phone(self, phone_id: str) -> str:
         return f"{self.prefix}:phone:{phone_id}"

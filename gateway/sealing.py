@@ -18,6 +18,8 @@ import nacl.exceptions
 import nacl.secret
 import nacl.utils
 
+from gateway.settings import Settings, kek_bytes
+
 _VERSION = "v1"
 
 
@@ -38,6 +40,11 @@ class Sealer:
         self._boxes = {self._current_id: self._current}
         for old in previous:
             self._boxes.setdefault(kek_id(old), nacl.secret.SecretBox(old))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Sealer:
+        """The sealer for GATEWAY_KEK, opening values sealed under GATEWAY_KEK_PREVIOUS too."""
+        return cls(kek_bytes(settings.kek), tuple(kek_bytes(s) for s in settings.kek_previous))
 
     @property
     def current_kek_id(self) -> str:

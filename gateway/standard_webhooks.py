@@ -12,9 +12,10 @@ import base64
 import binascii
 import hashlib
 import hmac
-import secrets
 import time
 from collections.abc import Mapping, Sequence
+
+from gateway.random_ids import new_key
 
 PREFIX = "whsec_"
 TOLERANCE_S = 300
@@ -25,7 +26,7 @@ class WebhookVerificationError(Exception):
 
 
 def generate_key() -> str:
-    return PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
+    return PREFIX + new_key(32)
 
 
 def decode_key(key: str) -> bytes:

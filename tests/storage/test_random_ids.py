@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 
 import orjson
@@ -68,3 +69,10 @@ def test_events_carry_distinct_ids() -> None:
         for _ in range(600)
     ]
     assert len({event["id"] for event in events}) == 600
+
+
+def test_new_key_is_fresh_base64_of_the_asked_size() -> None:
+    keys = {random_ids.new_key() for _ in range(100)}
+    assert len(keys) == 100
+    assert all(len(base64.b64decode(key, validate=True)) == 32 for key in keys)
+    assert len(base64.b64decode(random_ids.new_key(24))) == 24

@@ -7,6 +7,7 @@ import pytest
 
 from gateway.consumer import Consumer
 from gateway.redis_keys import KeyNames, slot
+from tests.support import make_settings
 
 DIGEST_NONCE = "aacd1053d3357c89fbb8ec4d"  # blake2b-96 of "n-1"
 DIGEST_IDEM = "96c1348f6f5429e97c123f352a5be66b"  # blake2b-128 of "CA1:completed"
@@ -48,3 +49,11 @@ def test_the_consumer_dead_letters_to_the_key_names_stream() -> None:
 
 async def _never(_delivery: object) -> None:
     raise AssertionError("not called")
+
+
+def test_from_settings() -> None:
+    names = KeyNames.from_settings(
+        make_settings("redis://127.0.0.1:6379/0", GATEWAY_KEY_PREFIX="acme", GATEWAY_STREAM="{tenant-a}:events")
+    )
+    assert names == KeyNames(prefix="acme", stream="{tenant-a}:events")
+    assert KeyNames.from_settings(make_settings("redis://127.0.0.1:6379/0")) == KeyNames()

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from gateway.sealing import Sealer, SealError
+from tests.support import make_settings
 
 KEK_A = b"a" * 32
 KEK_B = b"b" * 32
@@ -44,3 +47,17 @@ def test_kek_rotation() -> None:
     assert rotated.open("ph_1", sealed_old) == "token"
     assert rotated.needs_reseal(sealed_old)
     assert not rotated.needs_reseal(rotated.seal("ph_1", "token"))
+
+
+def test_from_settings_seals_under_the_kek_and_opens_under_previous_ones() -> None:
+    old = make_settings("redis://127.0.0.1:6379/0", GATEWAY_KEK=base64.b64encode(KEK_B).decode())
+    sealed_before = Sealer.from_settings(old).seal("ph_1", "t")
+    rotated = make_settings(
+        "redis://127.0.0.1:6379/0",
+        GATEWAY_KEK=base64.b64encode(KEK_A).decode(),
+        GATEWAY_KEK_PREVIOUS=base64.b64encode(KEK_B).decode(),
+    )
+    sealer = Sealer.from_settings(rotated)
+    assert sealer.current_kek_id == Sealer(KEK_A).current_kek_id
+    assert sealer.open("ph_1", sealed_before) == "t"
+    assert sealer.needs_reseal(sealed_before)
