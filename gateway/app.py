@@ -27,13 +27,14 @@ from gateway.diagnostics.mismatch import MismatchExplainer
 from gateway.dispatch import DispatchClient
 from gateway.errors import NOT_FOUND
 from gateway.forwarder import FORWARD_SCRIPT, Forwarder
+from gateway.http_protocol import EdgeHttpToolsProtocol
 from gateway.keystore import KeyStore
 from gateway.providers.registry import build_verifiers
 from gateway.proxy import OriginResolver
 from gateway.redis_client import connect
 from gateway.redis_keys import KeyNames
 from gateway.sealing import Sealer
-from gateway.settings import Settings, kek_bytes
+from gateway.settings import Settings, from_env, kek_bytes
 from gateway.stream_monitor import StreamMonitor
 from gateway.webhooks import WebhookHandler, match_route
 
@@ -258,9 +259,6 @@ def _public_path(path: str) -> bool:
 
 def create_app(settings: Settings | None = None, **kwargs: Any) -> GatewayApp:
     """The app `gateway serve` runs (uvicorn's factory, called once in each worker process)."""
-    from gateway.http_protocol import EdgeHttpToolsProtocol
-    from gateway.settings import from_env
-
     settings = settings or from_env()
     EdgeHttpToolsProtocol.configure(head_timeout_s=settings.head_timeout_s, body_timeout_s=settings.body_timeout_s)
     return GatewayApp(settings, **kwargs)

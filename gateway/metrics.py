@@ -15,6 +15,7 @@ import os
 from bisect import bisect_left
 from typing import Any
 
+import redis.exceptions as rx
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -23,6 +24,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    multiprocess,
 )
 
 from gateway.errors import NotReplicated, Reason
@@ -229,8 +231,6 @@ def render() -> tuple[bytes, str]:
     """The /metrics payload; aggregates all workers in multiprocess mode."""
     TALLY.flush()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from prometheus_client import multiprocess
-
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST
@@ -243,15 +243,11 @@ def retire_process() -> None:
     (Counters and histograms stay: their totals remain true after the worker is gone.)
     """
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from prometheus_client import multiprocess
-
         multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
 
 def redis_error_class(exc: BaseException) -> str:
     """A fixed label for a Redis exception (never its message, which may echo data)."""
-    import redis.exceptions as rx
-
     if isinstance(exc, NotReplicated):
         return "not_replicated"
     if isinstance(exc, rx.ReadOnlyError):
