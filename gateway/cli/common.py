@@ -9,9 +9,7 @@ read as unix://host/path): `gateway serve`, `phones`, `sign`, `explain` and `con
 
 from __future__ import annotations
 
-import base64
 import os
-import secrets
 import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -21,10 +19,11 @@ from typing import Any
 import orjson
 
 from gateway.keystore import KeyStore
+from gateway.random_ids import new_key
 from gateway.redis_client import connect
 from gateway.redis_keys import KeyNames
 from gateway.sealing import Sealer
-from gateway.settings import Settings, SettingsError, from_env, kek_bytes
+from gateway.settings import Settings, SettingsError, from_env
 
 STARTUP_FAILURE = 3
 EMBEDDED_DIR = Path(os.environ.get("GATEWAY_EMBEDDED_DIR", ".gateway"))
@@ -73,7 +72,7 @@ def development_mode() -> DevelopmentMode:
 
 def generate_key() -> str:
     """32 random bytes, base64 (a GATEWAY_KEK)."""
-    return base64.b64encode(secrets.token_bytes(32)).decode()
+    return new_key()
 
 
 def cli_settings(*, kek_required: bool = True) -> Settings:
@@ -104,8 +103,7 @@ async def with_keystore(action: Callable[[KeyStore], Coroutine[Any, Any, int]]) 
     settings = cli_settings()
     redis = connect(settings)
     try:
-        sealer = Sealer(kek_bytes(settings.kek), tuple(kek_bytes(s) for s in settings.kek_previous))
-        store = KeyStore(redis, sealer, KeyNames(settings.key_prefix, settings.stream))
+        store = KeyStore(redis, Sealer.from_settings(settings), KeyNames.from_settings(settings))
         return await action(store)
     finally:
         await redis.aclose()
