@@ -34,8 +34,9 @@ from gateway.proxy import OriginResolver
 from gateway.redis_client import connect
 from gateway.redis_keys import KeyNames
 from gateway.sealing import Sealer
-from gateway.settings import Settings, from_env, kek_bytes
+from gateway.settings import Settings, from_env
 from gateway.stream_monitor import StreamMonitor
+from gateway.tasks import stop_task
 from gateway.webhooks import WebhookHandler, match_route
 
 log = logging.getLogger("gateway")
@@ -65,8 +66,8 @@ class GatewayApp:
         self._verifier_options = settings.verifier_options()  # fail fast on a bad allowlist file
         for warning in settings.verifier_warnings(self._verifier_options):
             log.warning("%s", warning)
-        self._sealer = Sealer(kek_bytes(settings.kek), tuple(kek_bytes(s) for s in settings.kek_previous))
-        self._names = KeyNames(prefix=settings.key_prefix, stream=settings.stream)
+        self._sealer = Sealer.from_settings(settings)
+        self._names = KeyNames.from_settings(settings)
         self.components: Components | None = None
         self._admin_port = settings.admin_port
         metrics.preinitialise()
@@ -155,9 +156,7 @@ class GatewayApp:
             await keystore.stop_invalidation()
             await redis.aclose()
             self.components = None
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher  # folds the last requests' counts in
+            await stop_task(flusher)  # its last flush folds the last requests' counts in
             metrics.retire_process()
 
     # ---- routes -------------------------------------------------------------
