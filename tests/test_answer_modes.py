@@ -30,16 +30,19 @@ from gateway.embedded_redis import free_port
 from gateway.providers.plivo import HANGUP as PLIVO_HANGUP
 from gateway.providers.twilio import HANGUP as TWILIO_HANGUP
 from gateway.settings import SettingsError, from_env
-from tests.builders import new_token, plivo_params, plivo_phone, plivo_request
-from tests.builders_carriers import (
+from tests.helpers.builders import (
     exotel_passthru_params,
     exotel_phone,
     exotel_request,
+    new_token,
+    plivo_params,
+    plivo_phone,
+    plivo_request,
     twilio_params,
     twilio_phone,
     twilio_request,
 )
-from tests.support import KEK, RunningGateway, make_settings, random_id, run_gateway, send_as_carrier
+from tests.helpers.support import KEK, RunningGateway, make_settings, random_id, run_gateway, send_as_carrier
 
 STREAM = "gateway:events"
 SIGNING_KEY = sw.generate_key()

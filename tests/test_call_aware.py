@@ -21,11 +21,14 @@ from gateway.providers import Provider
 from gateway.providers.registry import CARRIERS
 from gateway.providers.spec import CallEvent
 from gateway.redis_keys import KeyNames
-from tests.builders import new_token, plivo_params, plivo_phone, plivo_request
-from tests.builders_carriers import (
+from tests.helpers.builders import (
     exotel_params,
     exotel_phone,
     exotel_request,
+    new_token,
+    plivo_params,
+    plivo_phone,
+    plivo_request,
     telnyx_event,
     telnyx_phone,
     telnyx_request,
@@ -34,7 +37,7 @@ from tests.builders_carriers import (
     twilio_phone,
     twilio_request,
 )
-from tests.support import Clock, RunningGateway, make_settings, random_id, run_gateway, send_as_carrier
+from tests.helpers.support import Clock, RunningGateway, make_settings, random_id, run_gateway, send_as_carrier
 
 STREAM = "gateway:events"
 T0 = 1_800_000_000.0

@@ -16,8 +16,8 @@ import pytest
 import redis
 
 from gateway import standard_webhooks
+from tests.helpers.support import REPO
 from tests.storage.test_consumer import GROUP, KEY, OLD_KEY, STREAM, Receiver, envelope
-from tests.support import REPO
 
 
 @pytest.fixture

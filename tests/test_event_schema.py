@@ -22,10 +22,12 @@ from jsonschema import Draft202012Validator, FormatChecker
 from gateway.events import SCHEMA_VERSION, build_event
 from gateway.inbound import InboundRequest
 from gateway.providers import exotel
-from tests.builders import new_token, plivo_phone, plivo_request
-from tests.builders_carriers import (
+from tests.helpers.builders import (
     exotel_phone,
     exotel_request,
+    new_token,
+    plivo_phone,
+    plivo_request,
     telnyx_phone,
     telnyx_request,
     telnyx_seed,
@@ -33,7 +35,7 @@ from tests.builders_carriers import (
     twilio_phone,
     twilio_request,
 )
-from tests.support import REPO, RunningGateway, make_settings, random_id, run_gateway, send_as_carrier
+from tests.helpers.support import REPO, RunningGateway, make_settings, random_id, run_gateway, send_as_carrier
 
 SCHEMA_PATH = REPO / "docs" / "event.schema.json"
 

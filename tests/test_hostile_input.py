@@ -59,7 +59,7 @@ from gateway.providers.plivo import PlivoVerifier
 from gateway.providers.registry import CARRIERS as SPECS
 from gateway.providers.telnyx import TelnyxVerifier
 from gateway.providers.twilio import TwilioVerifier
-from tests.support import RunningGateway, make_settings, run_gateway, spawn_gateway
+from tests.helpers.support import RunningGateway, make_settings, run_gateway, spawn_gateway
 
 NOW = 1_795_000_000.0
 STREAM = "gateway:events"

@@ -15,8 +15,8 @@ import pytest
 import redis
 
 from gateway.embedded_redis import EmbeddedRedis, free_port
-from tests.builders import new_token, plivo_phone, plivo_request
-from tests.support import (
+from tests.helpers.builders import new_token, plivo_phone, plivo_request
+from tests.helpers.support import (
     ADMIN_TOKEN,
     KEK,
     REPO,

@@ -19,8 +19,7 @@ import orjson
 import pytest
 import redis
 
-from tests.builders import new_token
-from tests.builders_carriers import (
+from tests.helpers.builders import (
     EXOTEL_IP,
     exotel_call_sid,
     exotel_params,
@@ -28,10 +27,11 @@ from tests.builders_carriers import (
     exotel_phone,
     exotel_request,
     exotel_token,
+    new_token,
     twilio_phone,
     twilio_request,
 )
-from tests.contract import (
+from tests.helpers.contract import (
     STREAM,
     CarrierAdapter,
     CarrierContract,
@@ -42,7 +42,7 @@ from tests.contract import (
     start_gateway,
     stream_events,
 )
-from tests.support import Clock, make_settings, random_id, run_gateway, send_as_carrier
+from tests.helpers.support import Clock, make_settings, random_id, run_gateway, send_as_carrier
 
 # 127.0.0.1 (the test client) and 192.0.2.0/24 (a chain of load balancers) are trusted proxies.
 TRUSTED = "127.0.0.1/32,192.0.2.0/24"
@@ -453,7 +453,7 @@ def test_without_setting_the_data_file_decides(redis_url: str, redis_sync: redis
     IPs); a documentation address is never in it."""
     from gateway.providers.exotel import Allowlist
     from gateway.settings import DEFAULT_EXOTEL_IPS_FILE, from_env
-    from tests.support import ADMIN_TOKEN, KEK
+    from tests.helpers.support import ADMIN_TOKEN, KEK
 
     settings = from_env(
         {

@@ -10,8 +10,8 @@ import orjson
 import pytest
 import redis
 
-from tests.builders import new_token, plivo_params, plivo_phone, plivo_request
-from tests.support import RunningGateway, make_settings, random_id, run_gateway, send_as_carrier
+from tests.helpers.builders import new_token, plivo_params, plivo_phone, plivo_request
+from tests.helpers.support import RunningGateway, make_settings, random_id, run_gateway, send_as_carrier
 
 STREAM = "gateway:events"
 

@@ -17,7 +17,7 @@ import orjson
 import pytest
 import redis
 
-from tests.builders_carriers import (
+from tests.helpers.builders import (
     telnyx_body,
     telnyx_event,
     telnyx_number,
@@ -25,7 +25,7 @@ from tests.builders_carriers import (
     telnyx_request,
     telnyx_seed,
 )
-from tests.contract import (
+from tests.helpers.contract import (
     CarrierAdapter,
     CarrierContract,
     Change,
@@ -34,7 +34,7 @@ from tests.contract import (
     assert_stream_holds,
     start_gateway,
 )
-from tests.support import Clock, make_settings, random_id, run_gateway
+from tests.helpers.support import Clock, make_settings, random_id, run_gateway
 
 SIGNATURE = "telnyx-signature-ed25519"
 TIMESTAMP = "telnyx-timestamp"
@@ -362,8 +362,7 @@ def test_number_taken_by_another_phone_is_a_conflict(gateway: Gateway, phone: Ph
 
 
 def test_number_of_a_non_telnyx_phone_is_unknown_here(gateway: Gateway, phone: Phone, redis_sync: redis.Redis) -> None:
-    from tests.builders import new_token
-    from tests.builders_carriers import twilio_phone
+    from tests.helpers.builders import new_token, twilio_phone
 
     number = telnyx_number()
     twilio_id = random_id("ph_twilio")

@@ -16,15 +16,15 @@ import pytest
 import redis
 
 from gateway.providers import twilio
-from tests.builders import new_token
-from tests.builders_carriers import (
+from tests.helpers.builders import (
+    new_token,
     twilio_call_sid,
     twilio_json_request,
     twilio_params,
     twilio_phone,
     twilio_request,
 )
-from tests.contract import (
+from tests.helpers.contract import (
     CarrierAdapter,
     CarrierContract,
     Change,
@@ -33,7 +33,7 @@ from tests.contract import (
     assert_stream_holds,
     start_gateway,
 )
-from tests.support import random_id
+from tests.helpers.support import random_id
 
 SIGNATURE = "X-Twilio-Signature"
 SETTINGS = "X-Twilio-Webhooks-Signature-Settings"

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.support import REPO
+from tests.helpers.support import REPO
 
 PATHS = ["gateway", "tests", "loadtests", "fuzz"]
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support import REPO
+from tests.helpers.support import REPO
 
 SCRIPT = """
 import os

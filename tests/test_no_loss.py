@@ -42,8 +42,8 @@ from nacl.signing import SigningKey
 
 from gateway.embedded_redis import EmbeddedRedis
 from gateway.providers import telnyx, twilio
-from tests.builders import new_token, plivo_phone, plivo_request
-from tests.support import ADMIN_TOKEN, as_carrier, make_settings, run_gateway, spawn_gateway
+from tests.helpers.builders import new_token, plivo_phone, plivo_request
+from tests.helpers.support import ADMIN_TOKEN, as_carrier, make_settings, run_gateway, spawn_gateway
 
 STREAM = "gateway:events"
 PUBLIC = "https://hooks.example.com"

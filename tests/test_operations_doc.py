@@ -17,7 +17,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from gateway import metrics
 from gateway.settings import KNOWN_NAMES, Settings
-from tests.support import REPO
+from tests.helpers.support import REPO
 
 DOC = (REPO / "docs" / "operations.md").read_text(encoding="utf-8")
 ENVIRONMENT_ONLY = {"GATEWAY_CONFIG", "GATEWAY_EMBEDDED_DIR", "PROMETHEUS_MULTIPROC_DIR"}

@@ -26,8 +26,8 @@ import pytest
 import redis
 
 from gateway.embedded_redis import EmbeddedRedis
-from tests.builders import new_token, plivo_phone, plivo_request
-from tests.support import RunningGateway, make_settings, random_id, run_gateway, send_as_carrier
+from tests.helpers.builders import new_token, plivo_phone, plivo_request
+from tests.helpers.support import RunningGateway, make_settings, random_id, run_gateway, send_as_carrier
 
 STREAM = "gateway:events"
 # make_settings: 0.5 s socket timeout, 0.3 s connect timeout, one immediate retry. An answer

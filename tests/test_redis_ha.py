@@ -1,6 +1,6 @@
 """Beyond one Redis: a real 3-master Redis Cluster and a real Sentinel setup, with the real app.
 
-Topologies come from tests/redis_topology.py (same server binary as the embedded mode).
+Topologies come from tests/helpers/redis_topology.py (same server binary as the embedded mode).
 The core flows run through each: a phone registered through the admin API, a signed
 webhook accepted and in the stream, the same nonce refused, a re-signed duplicate not
 forwarded twice, a delete that reaches a second gateway's cache through pub/sub.
@@ -27,9 +27,9 @@ from gateway.embedded_redis import EmbeddedRedis, EmbeddedRedisError, find_serve
 from gateway.redis_keys import KeyNames, hash_tag, slot, stream_tag
 from gateway.redis_url import cluster_seeds, parse_sentinel_url, split_hosts, validate_url
 from gateway.settings import SettingsError
-from tests.builders import new_token, plivo_phone, plivo_request
-from tests.redis_topology import LocalCluster, LocalSentinel
-from tests.support import RunningGateway, make_settings, random_id, run_gateway, send_as_carrier
+from tests.helpers.builders import new_token, plivo_phone, plivo_request
+from tests.helpers.redis_topology import LocalCluster, LocalSentinel
+from tests.helpers.support import RunningGateway, make_settings, random_id, run_gateway, send_as_carrier
 
 STREAM = "gateway:events"
 NAMES = KeyNames()

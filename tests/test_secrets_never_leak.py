@@ -37,8 +37,8 @@ from gateway.providers import telnyx, twilio
 from gateway.sealing import Sealer, SealError
 from gateway.secrets import Secret
 from gateway.settings import SettingsError, from_env
-from tests.builders import plivo_phone, plivo_request
-from tests.support import (
+from tests.helpers.builders import plivo_phone, plivo_request
+from tests.helpers.support import (
     ADMIN_TOKEN,
     KEK,
     GatewayProcess,

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from tests.support import REPO, load_vectors, vectors_path
+from tests.helpers.support import REPO, load_vectors, vectors_path
 
 # What a reference to a place outside the repository looks like in our sources.
 OUTSIDE = [

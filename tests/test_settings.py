@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from gateway.settings import SettingsError, from_env
-from tests.support import KEK
+from tests.helpers.support import KEK
 
 BASE = {"GATEWAY_KEK": KEK}
 

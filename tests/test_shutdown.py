@@ -26,8 +26,8 @@ import pytest
 import redis
 
 from gateway.embedded_redis import EmbeddedRedis
-from tests.builders import new_token, plivo_phone, plivo_request
-from tests.support import ADMIN_TOKEN, GatewayProcess, as_carrier, random_id, spawn_gateway
+from tests.helpers.builders import new_token, plivo_phone, plivo_request
+from tests.helpers.support import ADMIN_TOKEN, GatewayProcess, as_carrier, random_id, spawn_gateway
 
 STREAM = "gateway:events"
 TERMINATED = 128 + signal.SIGTERM  # `gateway serve` after a graceful SIGTERM shutdown

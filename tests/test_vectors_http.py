@@ -13,7 +13,7 @@ import orjson
 import pytest
 import redis
 
-from tests.support import Clock, RunningGateway, load_vectors, make_settings, run_gateway, send_as_carrier
+from tests.helpers.support import Clock, RunningGateway, load_vectors, make_settings, run_gateway, send_as_carrier
 
 VECTORS = load_vectors()
 CASES = VECTORS["cases"]

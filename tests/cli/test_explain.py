@@ -20,7 +20,7 @@ from gateway.providers import telnyx as telnyx_sig
 from gateway.providers import twilio as twilio_sig
 from gateway.providers import vobiz as vobiz_sig
 from tests.diagnostics.test_capture import raw_http
-from tests.support import KEK
+from tests.helpers.support import KEK
 
 TOKEN = "explain-cli-auth-token-0123456789"
 PUBLIC = "https://hooks.example.com"

@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from gateway.cli import main
-from tests.support import KEK
+from tests.helpers.support import KEK
 
 TOKEN = "cli-secret-auth-token-0123456789abcdef"
 

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from gateway.cli.common import STARTUP_FAILURE
-from tests.support import KEK, REPO
+from tests.helpers.support import KEK, REPO
 
 
 def test_serve_refuses_invalid_settings_naming_the_variable(redis_url: str) -> None:

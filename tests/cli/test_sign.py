@@ -1,7 +1,7 @@
 """`gateway sign`: what it prints is accepted by the running gateway, for every carrier.
 
 The requests are really sent: the curl format with the system's curl, the raw HTTP
-format over a socket, to a real uvicorn-served gateway (tests/support.py run_gateway).
+format over a socket, to a real uvicorn-served gateway (tests/helpers/support.py run_gateway).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from prometheus_client import REGISTRY
 
 from gateway.cli import main
 from gateway.diagnostics.mismatch import MismatchExplainer
-from tests.support import KEK, REPO, RunningGateway, make_settings, random_id, run_gateway
+from tests.helpers.support import KEK, REPO, RunningGateway, make_settings, random_id, run_gateway
 
 PUBLIC = "https://hooks.example.com"
 STREAM = "gateway:events"

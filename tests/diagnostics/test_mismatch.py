@@ -31,9 +31,9 @@ from gateway.providers.plivo import PlivoVerifier
 from gateway.providers.telnyx import TelnyxVerifier
 from gateway.providers.twilio import TwilioVerifier
 from gateway.settings import PublicBase
-from tests.builders import new_token, plivo_params, plivo_phone
-from tests.providers.builders import creds, inbound, key
-from tests.support import RunningGateway, make_settings, random_id, run_gateway
+from tests.helpers.builders import new_token, plivo_params, plivo_phone
+from tests.helpers.inbound_builders import creds, inbound, key
+from tests.helpers.support import RunningGateway, make_settings, random_id, run_gateway
 
 FORM = "application/x-www-form-urlencoded"
 NOW = 1_795_000_000.0

@@ -16,7 +16,7 @@ from gateway.diagnostics.strings_to_sign import strings_to_sign
 from gateway.providers import KeyKind, PhoneCredentials, Provider
 from gateway.providers.twilio import HMAC_SHA256
 from gateway.settings import PublicBase
-from tests.providers.builders import creds, key, public_key
+from tests.helpers.inbound_builders import creds, key, public_key
 
 URL = "https://hooks.example.com/plivo/status/ph_test"
 TOKEN = "diagnostics-token-0123456789abcdef"

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests import support
+from tests.helpers import support
 
 # Verdicts that depend on state only the Redis layer has (a nonce seen before, an event
 # already forwarded, a phone id nobody registered): the HTTP tests cover those steps.
@@ -23,7 +23,7 @@ APP_ONLY_ORACLES = ("rule: nonce single use", "rule: idempotency", "rule: fail c
 
 @cache
 def load_vectors() -> Mapping[str, Any] | None:
-    """The carrier vectors kept in tests/vectors/ (one loader: tests/support.py)."""
+    """The carrier vectors kept in tests/vectors/ (one loader: tests/helpers/support.py)."""
     document: Mapping[str, Any] = support.load_vectors()
     return document
 

@@ -15,7 +15,16 @@ from gateway.errors import Reason, Rejected
 from gateway.inbound import InboundRequest
 from gateway.providers import Key, KeyKind, PhoneCredentials, Provider
 from gateway.providers.exotel import Allowlist, ExotelVerifier, idempotency_key
-from tests.providers.builders import NOW, Req, accepted, creds, creds_from_vector, inbound_from_vector, key, rejection
+from tests.helpers.inbound_builders import (
+    NOW,
+    Req,
+    accepted,
+    creds,
+    creds_from_vector,
+    inbound_from_vector,
+    key,
+    rejection,
+)
 from tests.providers.conftest import VectorStep
 
 VECTOR_PROVIDERS = ("exotel",)

@@ -14,7 +14,7 @@ from gateway.inbound import InboundRequest
 from gateway.providers import Key, KeyKind, PhoneCredentials, Provider, Verified, vobiz
 from gateway.providers.plivo import PlivoVerifier, idempotency_key, sign_v3, v3_string_to_sign
 from gateway.providers.vobiz import sign_vobiz_v3, vobiz_v3_string_to_sign
-from tests.providers.builders import (
+from tests.helpers.inbound_builders import (
     NOW,
     Req,
     SignatureContract,

@@ -21,7 +21,7 @@ from gateway.providers.plivo import PlivoVerifier
 from gateway.providers.registry import CARRIERS
 from gateway.providers.telnyx import TelnyxVerifier
 from gateway.providers.twilio import TwilioVerifier
-from tests.providers.builders import NOW, creds_from_vector, inbound_from_vector
+from tests.helpers.inbound_builders import NOW, creds_from_vector, inbound_from_vector
 from tests.providers.conftest import VectorStep
 
 VECTOR_PROVIDERS = ("plivo", "vobiz", "twilio", "telnyx", "exotel")

@@ -22,7 +22,7 @@ from gateway.providers.telnyx import (
     parse_event,
     sign,
 )
-from tests.providers.builders import (
+from tests.helpers.inbound_builders import (
     Req,
     SignatureContract,
     creds,

@@ -22,7 +22,7 @@ from gateway.providers.twilio import (
     string_to_sign,
     url_variants,
 )
-from tests.providers.builders import (
+from tests.helpers.inbound_builders import (
     NOW,
     Req,
     SignatureContract,

@@ -15,7 +15,7 @@ from gateway.phone_records import InvalidRecord
 from gateway.providers import KeyKind
 from gateway.redis_keys import KeyNames
 from gateway.sealing import Sealer
-from tests.support import Clock
+from tests.helpers.support import Clock
 
 pytestmark = pytest.mark.anyio
 

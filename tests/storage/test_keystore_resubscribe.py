@@ -13,7 +13,7 @@ from gateway.keystore import KeyStore
 from gateway.redis_client import connect
 from gateway.redis_keys import KeyNames
 from gateway.sealing import Sealer
-from tests.support import make_settings
+from tests.helpers.support import make_settings
 
 pytestmark = pytest.mark.anyio
 NAMES = KeyNames()

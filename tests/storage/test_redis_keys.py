@@ -7,7 +7,7 @@ import pytest
 
 from gateway.consumer import Consumer
 from gateway.redis_keys import KeyNames, slot
-from tests.support import make_settings
+from tests.helpers.support import make_settings
 
 DIGEST_NONCE = "aacd1053d3357c89fbb8ec4d"  # blake2b-96 of "n-1"
 DIGEST_IDEM = "96c1348f6f5429e97c123f352a5be66b"  # blake2b-128 of "CA1:completed"

@@ -10,7 +10,7 @@ from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocket
 from gateway import redis_client
 from gateway.forwarder import FORWARD_SCRIPT, FORWARD_SHA, Forwarder, Outcome
 from gateway.redis_keys import KeyNames
-from tests.support import make_settings
+from tests.helpers.support import make_settings
 
 COMMANDS = [
     ("SET", "k", "v"),

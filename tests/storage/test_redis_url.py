@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from gateway.redis_url import cluster_seeds, is_sentinel, parse_sentinel_url, split_hosts, validate_url
-from tests.support import REPO
+from tests.helpers.support import REPO
 
 
 def test_settings_and_url_parsing_do_not_import_redis() -> None:

@@ -5,7 +5,7 @@ import base64
 import pytest
 
 from gateway.sealing import Sealer, SealError
-from tests.support import make_settings
+from tests.helpers.support import make_settings
 
 KEK_A = b"a" * 32
 KEK_B = b"b" * 32

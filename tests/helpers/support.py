@@ -23,7 +23,7 @@ import uvicorn
 from gateway.embedded_redis import free_port
 from gateway.settings import Settings, from_env
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ADMIN_TOKEN = "test-admin-token-" + "x" * 16
 KEK = base64.b64encode(b"k" * 32).decode()
 

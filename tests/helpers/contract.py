@@ -25,7 +25,7 @@ import orjson
 import pytest
 import redis
 
-from tests.support import Clock, RunningGateway, make_settings, random_id, run_gateway, send_as_carrier
+from tests.helpers.support import Clock, RunningGateway, make_settings, random_id, run_gateway, send_as_carrier
 
 STREAM = "gateway:events"
 
@@ -244,7 +244,7 @@ class CarrierContract:
 
     def test_phone_of_another_carrier_is_unknown_here(self, gateway: Gateway, redis_sync: redis.Redis) -> None:
         """A Plivo phone id on this carrier's route is answered like an unknown phone."""
-        from tests.builders import plivo_phone
+        from tests.helpers.builders import plivo_phone
 
         secret = self.adapter.new_secret()
         phone_id = random_id("ph_plivo")
