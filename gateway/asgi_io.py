@@ -5,21 +5,23 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from gateway.errors import GatewayError
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 
-class BodyTooLarge(Exception):
+class BodyTooLarge(GatewayError):
     pass
 
 
-class BadContentLength(Exception):
+class BadContentLength(GatewayError):
     pass
 
 
-class ClientDisconnected(Exception):
+class ClientDisconnected(GatewayError):
     pass
 
 

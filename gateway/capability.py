@@ -30,11 +30,13 @@ import hashlib
 import hmac
 import time
 
+from gateway.errors import GatewayError
+
 VERSION = "v1"
 MAX_TOKEN_CHARS = 128
 
 
-class InvalidToken(Exception):
+class InvalidToken(GatewayError):
     """The token is malformed, expired, or not for this call. The message is safe to log."""
 
 

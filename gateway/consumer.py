@@ -44,6 +44,7 @@ import redis.exceptions as rx
 from redis.asyncio import Redis
 
 from gateway.envelope_signing import signed_headers, webhook_id
+from gateway.errors import GatewayError
 from gateway.redis_errors import OUTAGES_EXCEPT_OOM
 from gateway.redis_keys import KeyNames
 
@@ -72,7 +73,7 @@ class Delivery:
 Handler = Callable[[Delivery], Awaitable[None]]
 
 
-class HandlerError(Exception):
+class HandlerError(GatewayError):
     """A handler's failure with a short, fixed description (recorded in the dead-letter entry)."""
 
 

@@ -21,8 +21,10 @@ from pathlib import Path
 
 import redis
 
+from gateway.errors import GatewayError
 
-class EmbeddedRedisError(RuntimeError):
+
+class EmbeddedRedisError(GatewayError, RuntimeError):
     pass
 
 

@@ -62,7 +62,11 @@ _ANSWERS: dict[Reason, tuple[int, bytes]] = {
 }
 
 
-class Rejected(Exception):
+class GatewayError(Exception):
+    """The base of every exception the gateway raises on purpose. Messages never carry a secret."""
+
+
+class Rejected(GatewayError):
     """The request is not authentic (or not acceptable). Never carries secrets."""
 
     def __init__(self, reason: Reason, detail: str = "") -> None:
@@ -71,7 +75,7 @@ class Rejected(Exception):
         self.detail = detail
 
 
-class Unavailable(Exception):
+class Unavailable(GatewayError):
     """A dependency (Redis, the forward target) failed: answer 503 so the carrier retries."""
 
     def __init__(self, what: str) -> None:
@@ -79,7 +83,7 @@ class Unavailable(Exception):
         self.what = what
 
 
-class NotReplicated(Exception):
+class NotReplicated(GatewayError):
     """Redis ran the write but fewer replicas than GATEWAY_REDIS_WAIT_REPLICAS confirmed it in time."""
 
 

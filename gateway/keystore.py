@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 
 from gateway import metrics
 from gateway.cache import TTLCache
-from gateway.errors import Unavailable
+from gateway.errors import GatewayError, Unavailable
 from gateway.phone_records import (
     InvalidRecord,
     build_record,
@@ -61,7 +61,7 @@ class NotCached(enum.Enum):
 NOT_CACHED = NotCached.NOT_CACHED
 
 
-class Conflict(Exception):
+class Conflict(GatewayError):
     """A config.number is already registered to another phone."""
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from nacl.signing import VerifyKey
 
+from gateway.errors import GatewayError
 from gateway.providers import Key, KeyKind, PhoneCredentials, Provider
 from gateway.providers.registry import CARRIERS
 from gateway.providers.spec import CredentialFields
@@ -33,7 +34,7 @@ URL_TOKEN_RE = re.compile(r"^[A-Za-z0-9._~-]{16,256}$")
 MAX_PREVIOUS_KEYS = 2  # current + 2 previous per kind: enough for overlapping rotations
 
 
-class InvalidRecord(ValueError):
+class InvalidRecord(GatewayError, ValueError):
     """The admin body is invalid. Messages name fields, never echo values."""
 
 

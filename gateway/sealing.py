@@ -18,12 +18,13 @@ import nacl.exceptions
 import nacl.secret
 import nacl.utils
 
+from gateway.errors import GatewayError
 from gateway.settings import Settings, kek_bytes
 
 _VERSION = "v1"
 
 
-class SealError(Exception):
+class SealError(GatewayError):
     """A sealed value cannot be opened (wrong KEK, tampered, or for another phone)."""
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from gateway.errors import GatewayError
 from gateway.providers.allowlist import Allowlist
 from gateway.providers.spec import VerifierOptions
 from gateway.redis_url import validate_url
@@ -34,7 +35,7 @@ DEFAULT_PLIVO_ANSWER = '<?xml version="1.0" encoding="UTF-8"?>\n<Response></Resp
 DEFAULT_TWILIO_ANSWER = '<?xml version="1.0" encoding="UTF-8"?>\n<Response></Response>\n'
 
 
-class SettingsError(ValueError):
+class SettingsError(GatewayError, ValueError):
     """An invalid setting; the message names the variable and never echoes a secret."""
 
 

@@ -15,13 +15,14 @@ import hmac
 import time
 from collections.abc import Mapping, Sequence
 
+from gateway.errors import GatewayError
 from gateway.random_ids import new_key
 
 PREFIX = "whsec_"
 TOLERANCE_S = 300
 
 
-class WebhookVerificationError(Exception):
+class WebhookVerificationError(GatewayError):
     pass
 
 
