@@ -75,7 +75,7 @@ class Settings:
     redis_max_connections: int = 64
     plivo_answer_template: str = DEFAULT_PLIVO_ANSWER
     twilio_answer_template: str = DEFAULT_TWILIO_ANSWER
-    explain_mismatches: bool = True  # diagnose failed signatures: gateway/explain.py
+    explain_mismatches: bool = True  # diagnose failed signatures: gateway/diagnostics/mismatch.py
     # Answer modes, dispatch proxy, signed forwards, capability tokens, call-aware replay
     # defence: see docs/answers-and-forwards.md (parsed by _parse_answers_and_forwards).
     answer_mode: str = "template"  # template | proxy, for providers without an override
