@@ -12,7 +12,7 @@ by the forwarder's Lua script in the same Redis round trip as the XADD:
   Carriers do deliver out of order (Telnyx says so explicitly), so a status that
   overtakes its answer is not lost; a replayed status of a call that was never
   answered (or whose timeline expired) never reaches dispatch.
-* A *terminal* status (below) ends the call. After it, answer events are accepted for
+* A *terminal* status (its carrier's `TERMINAL_STATUSES`) ends the call. After it, answer events are accepted for
   the window (a late `call.initiated`), other events for GATEWAY_CALL_AWARE_LATE_S
   (recordings, late progress); later ones are rejected (403, reason `call_ended`).
 * Events without a call id (nothing to correlate) are not checked.
