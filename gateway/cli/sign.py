@@ -17,12 +17,15 @@ from typing import Any
 from gateway.cli.common import with_keystore
 from gateway.diagnostics.errors import SignError
 from gateway.diagnostics.signing import (
+    ALGORITHMS,
+    DEFAULT_ALGORITHM,
     PROVIDERS,
     Secret,
     SignedRequest,
     as_curl,
     as_http,
     build,
+    check_algorithm,
     parse_params,
     secret_from_env,
     secret_from_phone,
@@ -30,7 +33,6 @@ from gateway.diagnostics.signing import (
 from gateway.keystore import KeyStore
 from gateway.phone_records import InvalidRecord
 from gateway.providers import Provider
-from gateway.providers import twilio as twilio_sig
 from gateway.settings import SettingsError
 
 
@@ -52,8 +54,7 @@ def run(args: argparse.Namespace) -> int:
         json_body = read_json(args.json) if args.json is not None else None
 
         def make(provider: Provider, secret: Secret | None) -> SignedRequest:
-            if algorithm != twilio_sig.HMAC_SHA1 and provider is not Provider.TWILIO:
-                raise SignError("--algorithm is for twilio")
+            check_algorithm(provider, algorithm)
             return build(
                 provider,
                 args.url,
@@ -143,8 +144,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--timestamp", type=int, help="Telnyx timestamp, unix seconds (default: now)")
     p.add_argument(
         "--algorithm",
-        default=twilio_sig.HMAC_SHA1,
-        choices=[twilio_sig.HMAC_SHA1, twilio_sig.HMAC_SHA256],
+        default=DEFAULT_ALGORITHM,
+        choices=list(ALGORITHMS),
         help="twilio: HMAC_SHA256 signs with the shared webhook signing key (adds the settings header)",
     )
     p.set_defaults(func=run)

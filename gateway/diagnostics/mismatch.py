@@ -13,8 +13,8 @@ matching variant is never forwarded, its nonce never recorded. Pure functions ov
 InboundRequest + PhoneCredentials + verifier; `MismatchExplainer` adds the metric,
 the rate-limited warning and the CPU budget for the request path.
 
-Only the carriers whose signature covers the URL are diagnosed: Plivo, Vobiz and
-Twilio. Telnyx signs timestamp + body (no URL); Exotel does not sign at all.
+Only the carriers whose signature covers the URL are diagnosed (`CarrierSpec.url_signing`):
+Plivo, Vobiz and Twilio. Telnyx signs timestamp + body (no URL); Exotel does not sign at all.
 """
 
 from __future__ import annotations
@@ -35,12 +35,14 @@ from gateway.diagnostics.wire import wire_text
 from gateway.errors import Rejected
 from gateway.inbound import FORM_CONTENT_TYPE, InboundRequest, parse_pairs
 from gateway.providers import PhoneCredentials, Provider, Verified, Verifier
+from gateway.providers.registry import CARRIERS, spec_for
+from gateway.providers.spec import UrlSigning
 from gateway.settings import PublicBase
 
 log = logging.getLogger("gateway.explain")  # the name operators filter on (docs/explain-and-sign.md)
 
-# Carriers whose signature covers the URL (Telnyx: timestamp|body; Exotel: unsigned).
-SUPPORTED = frozenset({Provider.PLIVO, Provider.VOBIZ, Provider.TWILIO})
+# Carriers whose signature covers the URL (not those signing timestamp|body, nor the unsigned).
+SUPPORTED = frozenset(provider for provider, spec in CARRIERS.items() if spec.url_signing is not UrlSigning.NONE)
 # Variants tried per failed request on the request path (each is one verifier run).
 MAX_VARIANTS = 16
 
@@ -195,8 +197,8 @@ def _netloc_edits(
     ):
         if value and len(value) <= 255 and _NETLOC_RE.match(value):
             candidates.append((value, source))
-    # Twilio's verifier already tries every URL with the default port added and removed.
-    if provider is not Provider.TWILIO:
+    # An exact-URL verifier (Twilio's) already tries every URL with the default port added and removed.
+    if spec_for(provider).url_signing is not UrlSigning.EXACT:
         toggled = [(_toggle_port(netloc, scheme), f"{source}, default port toggled") for netloc, source in candidates]
         own = _toggle_port(current, scheme)
         candidates += [(own, "default port toggled")] if own else []
@@ -247,7 +249,7 @@ def _query_edits(inbound: InboundRequest, provider: Provider) -> list[_Edit]:
     edits: list[_Edit] = []
     # Plivo signs the decoded parameters sorted by name: order, "+" vs "%20" and the case
     # of percent-escapes cannot matter there. Twilio signs the URL byte for byte.
-    if provider is Provider.TWILIO:
+    if spec_for(provider).url_signing is UrlSigning.EXACT:
         pieces = raw.split("&")
         ordered = sorted(pieces, key=lambda piece: piece.partition("=")[0])
         if ordered != pieces:
@@ -280,9 +282,11 @@ def _body_edits(inbound: InboundRequest, provider: Provider) -> list[_Edit]:
         return []
     if inbound.is_form:
         # Twilio covers a raw (JSON) body through bodySHA256 in the URL, not as parameters.
-        if provider is Provider.TWILIO and "bodySHA256=" in inbound.query_string:
+        body_hash = spec_for(provider).body_hash_param
+        if body_hash is not None and f"{body_hash.name}=" in inbound.query_string:
             headers = {**inbound.headers, "content-type": "application/json"}
-            return [_edit(FORM_VS_RAW, "body as raw bytes (bodySHA256), not form parameters", headers=headers)]
+            text = f"body as raw bytes ({body_hash.name}), not form parameters"
+            return [_edit(FORM_VS_RAW, text, headers=headers)]
         return []
     headers = {**inbound.headers, "content-type": FORM_CONTENT_TYPE}
     return [_edit(FORM_VS_RAW, f"body as form parameters (Content-Type {FORM_CONTENT_TYPE})", headers=headers)]

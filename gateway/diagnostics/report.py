@@ -5,27 +5,27 @@ what the carrier would have signed (the string-to-sign: it holds no secret), whi
 variant of the request would verify (gateway/diagnostics/mismatch.py) and which part
 differs. Never a key, and never a signature it computed: for an arbitrary request that
 would make this a signing oracle. Only "matches" / "does not match".
+
+What differs between carriers (what is signed, a timestamp, a carrier that signs nothing)
+comes from their specs (gateway/providers/registry.py).
 """
 
 from __future__ import annotations
 
-import hmac
 import time
 from urllib.parse import urlsplit
 
 from gateway.diagnostics import mismatch
 from gateway.diagnostics.capture import Captured
-from gateway.diagnostics.carriers import TELNYX_TIMESTAMP
 from gateway.diagnostics.errors import CaptureError
 from gateway.diagnostics.strings_to_sign import shown, strings_to_sign
 from gateway.diagnostics.wire import text_url, wire_form
 from gateway.errors import Rejected
 from gateway.events import REDACTED_PARAMS, strip_query_params
 from gateway.inbound import InboundRequest
-from gateway.providers import KeyKind, PhoneCredentials, Provider, Verifier
-from gateway.providers.exotel import TOKEN_PARAM
+from gateway.providers import PhoneCredentials, Verifier
 from gateway.providers.registry import spec_for
-from gateway.providers.spec import VerifierOptions
+from gateway.providers.spec import ExplainInput, UrlSigning, VerifierOptions
 from gateway.settings import PublicBase
 
 # The CLI can afford more variants than the request path.
@@ -125,13 +125,6 @@ def differences(received: InboundRequest, configured: InboundRequest) -> list[st
 # ---- the report ---------------------------------------------------------------------------
 
 
-def _verifier(provider: Provider, tolerance_s: int) -> Verifier | None:
-    """The gateway's own verifier for this carrier (None for Exotel: it checks addresses and tokens)."""
-    if provider is Provider.EXOTEL:
-        return None
-    return spec_for(provider).make_verifier(VerifierOptions(timestamp_tolerance_s=tolerance_s))
-
-
 def _verdict(verifier: Verifier, request: InboundRequest, creds: PhoneCredentials, now: float) -> tuple[bool, str]:
     try:
         verified = verifier.verify(request, creds, now)
@@ -152,43 +145,41 @@ def report(
     """The lines to print and the exit status (0 verifies as captured, 1 does not)."""
     now = time.time() if now is None else now
     provider = creds.provider
+    spec = spec_for(provider)
     received, how = received_request(captured, public_base)
     lines: list[str] = []
     fingerprints = ", ".join(f"{kind.value} {key.fingerprint}" for kind, keys in creds.keys.items() for key in keys)
     lines.append(f"phone {creds.phone_id}: {provider.value} (keys: {fingerprints or 'none'})")
-    shown_url = text_url(received)
-    if provider is Provider.EXOTEL:
-        shown_url = text_url(received, with_query=False)
+    # A carrier whose query may carry a secret (a URL token): the query is not shown.
+    shown_url = text_url(received, with_query=not spec.secret_params)
     lines.append(f"request: {received.method} {shown_url}")
     lines.append(f"  URL as the gateway rebuilds it, from {how}")
 
-    if provider is Provider.EXOTEL:
-        lines += _exotel_lines(received, creds, now)
-        return lines, 0 if _exotel_token_ok(received, creds, now) else 1
+    if spec.explain_unsigned is not None:  # it signs nothing: what the gateway checks instead
+        redacted = strip_query_params(received.query_string, REDACTED_PARAMS)
+        more, passes = spec.explain_unsigned(ExplainInput(received, creds, now, redacted))
+        return lines + more, 0 if passes else 1
 
-    verifier = _verifier(provider, tolerance_s)
-    assert verifier is not None
+    verifier = spec.make_verifier(VerifierOptions(timestamp_tolerance_s=tolerance_s))
     check_now = now
-    if provider is Provider.TELNYX:
-        try:  # judge the signature at the moment it was made; the age is reported apart
-            check_now = float(int(received.headers.get(TELNYX_TIMESTAMP, "")))
-        except ValueError:
-            pass
+    if spec.signed_at is not None:  # judge the signature at the moment it was made; the age is reported apart
+        signed_at = spec.signed_at(received)
+        if signed_at is not None:
+            check_now = signed_at
     ok, detail = _verdict(verifier, received, creds, check_now)
     lines.append(f"signature as captured: {'MATCHES' if ok else 'does not match'} ({detail})")
     status = 0 if ok else 1
-    if provider is Provider.TELNYX:
-        if ok and abs(now - check_now) > tolerance_s:
-            lines.append(
-                f"  but the timestamp is {int(now - check_now)} s from now (tolerance {tolerance_s} s): "
-                "the gateway rejects it as stale (a replayed capture, or clock skew)"
-            )
-            status = 1
+    if ok and abs(now - check_now) > tolerance_s:
+        lines.append(
+            f"  but the timestamp is {int(now - check_now)} s from now (tolerance {tolerance_s} s): "
+            "the gateway rejects it as stale (a replayed capture, or clock skew)"
+        )
+        status = 1
+    if spec.url_signing is UrlSigning.NONE:  # no URL variant can explain a failure
         for what, text in strings_to_sign(received, provider):
             lines += [f"the carrier signs, {what}:", f"  {shown(text)}"]
         if not ok:
-            lines.append("  Telnyx signs the timestamp and the body, not the URL: a body changed on the way (even")
-            lines.append("  re-serialised JSON or a trailing newline), another timestamp, or another key.")
+            lines += spec.explain_hint
         return lines, status
 
     for what, text in strings_to_sign(received, provider):
@@ -232,33 +223,3 @@ def report(
             + ("" if public_url else " Try --public-url with the callback URL configured at the carrier.")
         )
     return lines, status
-
-
-def _exotel_token_ok(request: InboundRequest, creds: PhoneCredentials, now: float) -> bool:
-    keys = creds.active_keys(KeyKind.EXOTEL_WEBHOOK_TOKEN, now)
-    if not creds.keys.get(KeyKind.EXOTEL_WEBHOOK_TOKEN):
-        return True
-    try:
-        presented = [value for name, value in request.query_params() if name == TOKEN_PARAM]
-    except Rejected:
-        return False
-    if len(presented) != 1:
-        return False
-    token = presented[0].encode("utf-8")
-    return any(hmac.compare_digest(key.material, token) for key in keys)
-
-
-def _exotel_lines(request: InboundRequest, creds: PhoneCredentials, now: float) -> list[str]:
-    lines = [
-        "Exotel does not sign callbacks: the gateway checks the source address against EXOTEL_ALLOWED_IPS",
-        f"  (this capture says {request.client_ip}; the gateway uses the socket peer, or X-Forwarded-For",
-        "  from GATEWAY_TRUSTED_PROXIES) and, when the phone has one, the ?token= of the URL.",
-    ]
-    if not creds.keys.get(KeyKind.EXOTEL_WEBHOOK_TOKEN):
-        lines.append("token: the phone has none (IP allowlist only)")
-    elif _exotel_token_ok(request, creds, now):
-        lines.append("token: MATCHES the phone's exotel_webhook_token")
-    else:
-        shown = strip_query_params(request.query_string, REDACTED_PARAMS)
-        lines.append(f"token: missing, repeated or different (query without it: {shown or '-'})")
-    return lines

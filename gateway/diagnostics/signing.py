@@ -1,7 +1,8 @@
 """A correctly signed carrier callback (what `gateway sign` prints), as a curl command or raw HTTP.
 
-For users' own integration tests and the README quick start. Signs with the same public
-helpers the verifiers are tested against (gateway/diagnostics/carriers.py names them).
+For users' own integration tests and the README quick start. Each carrier's spec
+(gateway/providers/<carrier>.py) signs, with the same public helpers its verifier is
+tested against, and says what its callbacks carry.
 Secrets never come from argv: an environment variable or the phone's record in Redis.
 
 `target` sends the request somewhere else (e.g. http://127.0.0.1:8080) while the
@@ -19,24 +20,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlencode, urlsplit
 
-from gateway.diagnostics.carriers import (
-    BODY_HASH_PARAMS,
-    CALLBACK_BODIES,
-    SAMPLE_EVENTS,
-    SIGNERS,
-    Body,
-    SigningInput,
-)
 from gateway.diagnostics.errors import SignError
-from gateway.providers import KeyKind, PhoneCredentials, Provider
-from gateway.providers import twilio as twilio_sig
-from gateway.providers.exotel import TOKEN_PARAM
-from gateway.providers.registry import spec_for
+from gateway.providers import PhoneCredentials, Provider
+from gateway.providers.registry import CARRIERS, spec_for
+from gateway.providers.spec import CallbackBody, SigningInput, SigningKeyError
 from gateway.settings import SettingsError, parse_key32
 
 FORM = "application/x-www-form-urlencoded"
 JSON = "application/json"
 PROVIDERS = tuple(p.value for p in Provider)
+# --algorithm values (the carriers' `sign_algorithms`); the first is the default, the only one others take.
+ALGORITHMS = tuple(dict.fromkeys(name for spec in CARRIERS.values() for name in spec.sign_algorithms))
+DEFAULT_ALGORITHM = ALGORITHMS[0]
+# The carriers signed with an Ed25519 private key (--seed-env), and those with --algorithm, as users name them.
+_SEEDED = "/".join(provider.value for provider, spec in CARRIERS.items() if spec.seed_signed)
+_WITH_ALGORITHMS = "/".join(provider.value for provider, spec in CARRIERS.items() if spec.sign_algorithms)
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 
@@ -89,7 +87,7 @@ def build(
     json_body: bytes | None = None,
     nonce: str | None = None,
     timestamp: int | None = None,
-    algorithm: str = twilio_sig.HMAC_SHA1,
+    algorithm: str = DEFAULT_ALGORITHM,
     client_ip: str | None = None,
     target: str | None = None,
 ) -> SignedRequest:
@@ -100,12 +98,13 @@ def build(
         raise SignError(f"--url {url!r}: expected http(s)://host[:port]/path[?query] (no #fragment)")
     if method not in ("GET", "POST"):
         raise SignError("--method must be GET or POST")
-    sends = CALLBACK_BODIES[provider]
-    if json_body is not None and sends is Body.FORM:
+    spec = spec_for(provider)
+    sends = spec.callback_body
+    if json_body is not None and sends is CallbackBody.FORM:
         raise SignError(f"{provider.value} sends form parameters, not JSON: use --param")
     if json_body is not None and method != "POST":
         raise SignError("--json needs --method POST")
-    if sends is Body.JSON_EVENT:
+    if sends is CallbackBody.JSON_EVENT:
         if params:
             raise SignError(f"{provider.value} sends a JSON event: use --json, not --param")
         if method != "POST":
@@ -117,29 +116,24 @@ def build(
     headers: list[tuple[str, str]] = []
     body = b""
     notes: list[str] = []
-    sample_event = SAMPLE_EVENTS.get(provider)
-    if sample_event is not None and json_body is None:
-        json_body = sample_event(url)
+    if spec.sample_event is not None and json_body is None:
+        json_body = spec.sample_event(url)
     if json_body is not None:
         body = json_body
         headers.append(("Content-Type", JSON))
-        body_hash = BODY_HASH_PARAMS.get(provider)
+        body_hash = spec.body_hash_param
         if body_hash is not None:
-            url = _with_query(url, [body_hash(body)])
+            url = _with_query(url, [(body_hash.name, body_hash.digest(body))])
     elif method == "GET":
         url = _with_query(url, params)
     elif params:
         body = urlencode(params).encode()
         headers.append(("Content-Type", FORM))
 
-    if provider is Provider.EXOTEL:
-        if secret is not None:
-            url = _with_query(url, [(TOKEN_PARAM, secret.value.decode("utf-8"))])
-            notes.append("the URL carries the phone's Exotel token (a secret): keep this output private")
-        notes.append(
-            "Exotel is checked by source address: the gateway must see an address in EXOTEL_ALLOWED_IPS "
-            "(--client-ip adds X-Forwarded-For, believed only from GATEWAY_TRUSTED_PROXIES)"
-        )
+    if spec.unsigned_proof is not None:  # it signs nothing: its proof (if any) goes into the URL
+        query, proof_notes = spec.unsigned_proof(secret.value if secret is not None else None)
+        url = _with_query(url, query)
+        notes += proof_notes
     else:
         signed_params = params if method == "POST" and json_body is None else None
         headers += signature_headers(provider, url, method, signed_params, body, secret, nonce, timestamp, algorithm)
@@ -175,11 +169,20 @@ def signature_headers(
     algorithm: str,
 ) -> list[tuple[str, str]]:
     if secret is None:
-        raise SignError(f"{provider.value} needs a key: --token-env VAR, --phone ID or (telnyx) --seed-env VAR")
-    signer = SIGNERS.get(provider)
+        raise SignError(f"{provider.value} needs a key: --token-env VAR, --phone ID or ({_SEEDED}) --seed-env VAR")
+    signer = spec_for(provider).sign_headers
     if signer is None:
         raise SignError(f"{provider.value} has no signature")
-    return signer(SigningInput(secret.value, url, method, params, body, nonce, timestamp, algorithm))
+    try:
+        return signer(SigningInput(secret.value, url, method, params, body, nonce, timestamp, algorithm))
+    except SigningKeyError as exc:
+        raise SignError(str(exc)) from None
+
+
+def check_algorithm(provider: Provider, algorithm: str) -> None:
+    """--algorithm other than the default only for the carriers that have it."""
+    if algorithm != DEFAULT_ALGORITHM and algorithm not in spec_for(provider).sign_algorithms:
+        raise SignError(f"--algorithm is for {_WITH_ALGORITHMS}")
 
 
 # ---- output -----------------------------------------------------------------------------
@@ -232,37 +235,35 @@ def secret_from_env(
     environ: Mapping[str, str] = os.environ,
 ) -> Secret | None:
     """The key named by --seed-env (Telnyx's Ed25519 seed) or --token-env (an auth token); None if neither."""
+    spec = spec_for(provider)
     if seed_env:
-        if provider is not Provider.TELNYX:
-            raise SignError("--seed-env is for telnyx (an Ed25519 seed); use --token-env or --phone")
+        if not spec.seed_signed:
+            raise SignError(f"--seed-env is for {_SEEDED} (an Ed25519 seed); use --token-env or --phone")
         try:
-            seed = parse_key32(seed_env, _env_secret(seed_env, "the Telnyx Ed25519 seed", environ))
+            seed = parse_key32(seed_env, _env_secret(seed_env, f"the {spec.title} Ed25519 seed", environ))
         except SettingsError:
             raise SignError(f"{seed_env} must hold a 32-byte Ed25519 seed, base64") from None
         return Secret(seed, f"environment variable {seed_env}")
     if token_env:
-        if provider is Provider.TELNYX:
-            raise SignError("telnyx signs with an Ed25519 private key: use --seed-env VAR (its 32-byte seed, base64)")
+        if spec.seed_signed:
+            raise SignError(
+                f"{provider.value} signs with an Ed25519 private key: use --seed-env VAR (its 32-byte seed, base64)"
+            )
         return Secret(_env_secret(token_env, "the auth token", environ).encode("utf-8"), f"variable {token_env}")
     return None
 
 
 def secret_from_phone(creds: PhoneCredentials, algorithm: str, now: float) -> Secret | None:
-    provider = creds.provider
-    if provider is Provider.TELNYX:
+    spec = spec_for(creds.provider)
+    if spec.signing_key is None:
         raise SignError(
-            "a Telnyx phone's record holds only the public key: sign with --seed-env VAR (the private seed)"
+            f"a {spec.title} phone's record holds only the public key: sign with --seed-env VAR (the private seed)"
         )
-    if provider is Provider.EXOTEL:
-        kind = KeyKind.EXOTEL_WEBHOOK_TOKEN
-    elif provider is Provider.TWILIO and algorithm != twilio_sig.HMAC_SHA1:
-        kind = KeyKind.TWILIO_SIGNING_KEY
-    else:
-        kind = KeyKind.AUTH_TOKEN
+    kind = spec.signing_key(algorithm)
     keys = creds.active_keys(kind, now)
     if not keys:
-        if provider is Provider.EXOTEL:
-            return None  # IP allowlist only
+        if spec.sign_headers is None:
+            return None  # it signs nothing: checked by source address only
         raise SignError(f"phone {creds.phone_id} has no active {kind.value}")
     return Secret(keys[0].material, f"phone {creds.phone_id} in Redis")
 

@@ -1,25 +1,28 @@
-"""What a carrier signs for a request (the string-to-sign): it holds no secret, so it may be shown."""
+"""What a carrier signs for a request (the string-to-sign): it holds no secret, so it may be shown.
+
+Each carrier's spec says what it signs (`CarrierSpec.strings_to_sign`, gateway/providers/).
+"""
 
 from __future__ import annotations
 
-from gateway.diagnostics.carriers import STRINGS_TO_SIGN
+from gateway.diagnostics.wire import text_url
 from gateway.errors import Rejected
 from gateway.inbound import InboundRequest
 from gateway.providers import Provider
+from gateway.providers.registry import spec_for
 
 SHOWN_CHARS = 4000
 
 
 def strings_to_sign(request: InboundRequest, provider: Provider) -> list[tuple[str, bytes]]:
     """(what, bytes) the carrier signs for this request, per signature header present. No secret in them."""
-    out: list[tuple[str, bytes]] = []
-    build = STRINGS_TO_SIGN.get(provider)
+    build = spec_for(provider).strings_to_sign
+    if build is None:
+        return []
     try:
-        if build is not None:
-            build(request, out)
+        return build(request, text_url(request))
     except Rejected as rejection:
-        out.append(("(cannot be built)", f"the request cannot be parsed: {rejection}".encode()))
-    return out
+        return [("(cannot be built)", f"the request cannot be parsed: {rejection}".encode())]
 
 
 def shown(data: bytes) -> str:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from gateway.errors import Rejected
 from gateway.inbound import InboundRequest
+from gateway.inbound import wire_text as strict_wire_text
 
 
 def wire_text(raw: str) -> str:
-    """Wire form to text: latin-1 text of UTF-8 bytes, decoded; anything else as it is."""
+    """Wire form to text, as the gateway decodes it (gateway/inbound.py), except that wire
+    bytes that are not UTF-8 come back as they are: a report shows them, it does not reject."""
     try:
-        return raw.encode("latin-1").decode("utf-8")
-    except (UnicodeEncodeError, UnicodeDecodeError):
+        return strict_wire_text(raw)
+    except Rejected:
         return raw
 
 

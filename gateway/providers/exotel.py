@@ -20,6 +20,7 @@ from gateway.providers.spec import (
     CallEvent,
     CarrierSpec,
     CredentialFields,
+    ExplainInput,
     RouteSpec,
     form_call_event,
 )
@@ -108,6 +109,55 @@ def sample_params() -> list[tuple[str, str]]:
     ]
 
 
+# ---- `gateway sign` and `gateway explain` (gateway/diagnostics/) ----
+
+
+def unsigned_proof(secret: bytes | None) -> tuple[list[tuple[str, str]], list[str]]:
+    """`gateway sign`: the phone's token in the URL (when it has one), and how the gateway checks Exotel."""
+    query: list[tuple[str, str]] = []
+    notes: list[str] = []
+    if secret is not None:
+        query.append((TOKEN_PARAM, secret.decode("utf-8")))
+        notes.append("the URL carries the phone's Exotel token (a secret): keep this output private")
+    notes.append(
+        "Exotel is checked by source address: the gateway must see an address in EXOTEL_ALLOWED_IPS "
+        "(--client-ip adds X-Forwarded-For, believed only from GATEWAY_TRUSTED_PROXIES)"
+    )
+    return query, notes
+
+
+def token_matches(request: InboundRequest, creds: PhoneCredentials, now: float) -> bool:
+    """`gateway explain`: the phone has no token, or the request carries one active token of it once."""
+    keys = creds.active_keys(KeyKind.EXOTEL_WEBHOOK_TOKEN, now)
+    if not creds.keys.get(KeyKind.EXOTEL_WEBHOOK_TOKEN):
+        return True
+    try:
+        presented = [value for name, value in request.query_params() if name == TOKEN_PARAM]
+    except Rejected:
+        return False
+    if len(presented) != 1:
+        return False
+    token = presented[0].encode("utf-8")
+    return any(hmac.compare_digest(key.material, token) for key in keys)
+
+
+def explain(data: ExplainInput) -> tuple[list[str], bool]:
+    """`gateway explain`: what the gateway checks instead of a signature, and whether the token passes."""
+    lines = [
+        "Exotel does not sign callbacks: the gateway checks the source address against EXOTEL_ALLOWED_IPS",
+        f"  (this capture says {data.request.client_ip}; the gateway uses the socket peer, or X-Forwarded-For",
+        "  from GATEWAY_TRUSTED_PROXIES) and, when the phone has one, the ?token= of the URL.",
+    ]
+    ok = token_matches(data.request, data.creds, data.now)
+    if not data.creds.keys.get(KeyKind.EXOTEL_WEBHOOK_TOKEN):
+        lines.append("token: the phone has none (IP allowlist only)")
+    elif ok:
+        lines.append("token: MATCHES the phone's exotel_webhook_token")
+    else:
+        lines.append(f"token: missing, repeated or different (query without it: {data.redacted_query or '-'})")
+    return lines, ok
+
+
 SPEC = CarrierSpec(
     provider=Provider.EXOTEL,
     family=RouteFamily.EXOTEL,
@@ -130,4 +180,8 @@ SPEC = CarrierSpec(
     decoy=decoy,
     secret_params=_SECRET_PARAMS,
     sample_params=sample_params,
+    title="Exotel",
+    signing_key=lambda _algorithm: KeyKind.EXOTEL_WEBHOOK_TOKEN,
+    unsigned_proof=unsigned_proof,
+    explain_unsigned=explain,
 )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import binascii
 import functools
 import hmac
+import secrets
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,7 +24,16 @@ from urllib.parse import urlparse, urlunparse
 from gateway.errors import Reason, Rejected
 from gateway.inbound import InboundRequest, parse_pairs, wire_text
 from gateway.providers import KeyKind, PhoneCredentials, Provider, RouteFamily, Verified, params_digest, quote_part
-from gateway.providers.spec import AnswerRules, CallEvent, CarrierSpec, CredentialFields, RouteSpec, form_call_event
+from gateway.providers.spec import (
+    AnswerRules,
+    CallEvent,
+    CarrierSpec,
+    CredentialFields,
+    RouteSpec,
+    SigningInput,
+    UrlSigning,
+    form_call_event,
+)
 
 Pairs = Sequence[tuple[str, str]]
 Params = Mapping[str, str] | Iterable[tuple[str, str]]
@@ -291,6 +301,44 @@ CREDENTIALS = CredentialFields(
 # GATEWAY_PLIVO_ANSWER_* settings (Vobiz phones use them too: the same XML dialect).
 ANSWER = AnswerRules(settings_key="plivo", xml=True, hangup=HANGUP, hold=HOLD)
 
+# ---- `gateway sign` and `gateway explain` (gateway/diagnostics/) ----
+
+# Header names as `gateway sign` writes them (the gateway reads them case-insensitively).
+SIGN_SIGNATURE_HEADER = "X-Plivo-Signature-V3"
+SIGN_MAIN_ACCOUNT_SIGNATURE_HEADER = "X-Plivo-Signature-Ma-V3"
+SIGN_NONCE_HEADER = "X-Plivo-Signature-V3-Nonce"
+# (signature header, its nonce header)
+SIGN_HEADER_PAIRS = (
+    (SIGN_SIGNATURE_HEADER, SIGN_NONCE_HEADER),
+    (SIGN_MAIN_ACCOUNT_SIGNATURE_HEADER, SIGN_NONCE_HEADER),
+)
+
+
+def sign_headers(data: SigningInput) -> list[tuple[str, str]]:
+    """The V3 signature and nonce headers Plivo sends with this callback."""
+    token = data.secret.decode("utf-8")
+    nonce = data.nonce or str(secrets.randbelow(10**20)).zfill(20)
+    return [
+        (SIGN_SIGNATURE_HEADER, sign_v3(token, data.method, data.url, data.params, nonce)),
+        (SIGN_NONCE_HEADER, nonce),
+    ]
+
+
+def signed_strings(request: InboundRequest, url: str) -> list[tuple[str, bytes]]:
+    """What Plivo signs for `request` (called at `url`, as text), per V3 signature header present."""
+    params = request.form_params() if request.method == "POST" else None
+    out: list[tuple[str, bytes]] = []
+    for header, nonce_header in SIGN_HEADER_PAIRS:
+        if request.headers.get(header.lower()):
+            nonce = request.headers.get(nonce_header.lower(), "")
+            out.append((f"Plivo V3 ({header})", v3_string_to_sign(request.method, url, params, nonce)))
+    return out
+
+
+def signing_key(_algorithm: str) -> KeyKind:
+    return KeyKind.AUTH_TOKEN
+
+
 SPEC = CarrierSpec(
     provider=Provider.PLIVO,
     family=RouteFamily.PLIVO,
@@ -304,4 +352,9 @@ SPEC = CarrierSpec(
     signature_headers=tuple(dict.fromkeys(h for s in PLIVO_SCHEMES for h in (s.signature_header, s.nonce_header))),
     decoy=None,  # the family's decoy is Vobiz's, which accepts every header family of the route
     sample_params=sample_params,
+    title="Plivo",
+    sign_headers=sign_headers,
+    signing_key=signing_key,
+    url_signing=UrlSigning.PARAMS,
+    strings_to_sign=signed_strings,
 )

@@ -8,10 +8,12 @@ new file with its `SPEC`, one registry line and its tests.
 
 from __future__ import annotations
 
+import enum
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from gateway.errors import GatewayError
 from gateway.inbound import InboundRequest
 from gateway.providers import KeyKind, PhoneCredentials, Provider, RouteFamily, Verifier
 from gateway.providers.allowlist import Allowlist
@@ -94,6 +96,61 @@ class VerifierOptions:
     ip_allowlist: Allowlist = field(default_factory=Allowlist)
 
 
+# ---- what `gateway sign` and `gateway explain` (gateway/diagnostics/) need of a carrier ----
+
+
+class CallbackBody(enum.Enum):
+    """What a carrier's callbacks carry."""
+
+    FORM = "form"  # form parameters (POST) or query parameters (GET), never JSON
+    FORM_OR_JSON = "form or json"  # also a raw JSON body
+    JSON_EVENT = "json event"  # a JSON event, always POST
+
+
+class UrlSigning(enum.Enum):
+    """How much of the URL a carrier's signature covers (what a mismatch diagnosis may vary)."""
+
+    NONE = "none"  # not the URL (timestamp and body, or nothing signed at all)
+    PARAMS = "params"  # the URL with its query decoded and sorted: order and escaping cannot matter
+    EXACT = "exact"  # the URL byte for byte; its verifier also tries the default port added/removed
+
+
+@dataclass(frozen=True, slots=True)
+class BodyHashParam:
+    """The query parameter through which a carrier's signature covers a raw (JSON) body."""
+
+    name: str  # e.g. "bodySHA256"
+    digest: Callable[[bytes], str]  # body -> the parameter's value
+
+
+@dataclass(frozen=True)
+class SigningInput:
+    """What `gateway sign` gives a carrier's signer."""
+
+    secret: bytes = field(repr=False)
+    url: str  # the URL the carrier calls
+    method: str
+    params: list[tuple[str, str]] | None  # the form parameters (POST), None otherwise
+    body: bytes
+    nonce: str | None  # Plivo/Vobiz; None: random
+    timestamp: int | None  # Telnyx; None: now
+    algorithm: str  # --algorithm (carriers with `sign_algorithms`)
+
+
+class SigningKeyError(GatewayError, ValueError):
+    """The key given to `gateway sign` cannot sign for this carrier; the message holds no secret."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExplainInput:
+    """What `gateway explain` gives the report hook of a carrier that signs nothing."""
+
+    request: InboundRequest  # as the gateway would see it
+    creds: PhoneCredentials
+    now: float
+    redacted_query: str  # the raw query without any carrier's secret parameters (safe to print)
+
+
 @dataclass(frozen=True, slots=True)
 class CarrierSpec:
     provider: Provider
@@ -111,3 +168,21 @@ class CarrierSpec:
     secret_params: frozenset[str] = frozenset()  # query/form parameters never forwarded or logged
     numbers_in_request: Callable[[InboundRequest], list[str]] | None = None  # routes without a phone id
     sample_params: Callable[[], list[tuple[str, str]]] | None = None  # `gateway sign`: a plausible callback
+    # ---- `gateway sign` and `gateway explain` (gateway/diagnostics/) ----
+    title: str = ""  # its name in prose, e.g. "Telnyx"
+    callback_body: CallbackBody = CallbackBody.FORM  # what its callbacks carry
+    body_hash_param: BodyHashParam | None = None  # how its signature covers a raw (JSON) body
+    sample_event: Callable[[str], bytes] | None = None  # a sample JSON event, given the URL it is delivered to
+    sign_headers: Callable[[SigningInput], list[tuple[str, str]]] | None = None  # None: it signs nothing
+    sign_algorithms: tuple[str, ...] = ()  # `sign --algorithm` values it accepts; the first is the default
+    seed_signed: bool = False  # signed with an Ed25519 private key: `sign --seed-env` (its record holds no key)
+    signing_key: Callable[[str], KeyKind] | None = None  # `sign --phone`: the phone's key that signs, per --algorithm
+    # `sign` for a carrier that signs nothing: (the phone's secret or None) -> (query pairs to add, notes to print).
+    unsigned_proof: Callable[[bytes | None], tuple[list[tuple[str, str]], list[str]]] | None = None
+    url_signing: UrlSigning = UrlSigning.NONE  # what a mismatch diagnosis may vary (gateway/diagnostics/mismatch.py)
+    # `explain`: (what, bytes) it signs for a request, given the request's URL as text; never a secret.
+    strings_to_sign: Callable[[InboundRequest, str], list[tuple[str, bytes]]] | None = None
+    signed_at: Callable[[InboundRequest], float | None] | None = None  # `explain`: when the request says it was signed
+    explain_hint: tuple[str, ...] = ()  # `explain`: lines after a failed signature that covers no URL
+    # `explain` for a carrier that signs nothing: (its report lines, whether the request passes).
+    explain_unsigned: Callable[[ExplainInput], tuple[list[str], bool]] | None = None

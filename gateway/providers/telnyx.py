@@ -13,6 +13,8 @@ from __future__ import annotations
 import base64
 import binascii
 import secrets
+import time
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,7 +25,19 @@ from nacl.signing import SigningKey, VerifyKey
 from gateway.errors import Reason, Rejected
 from gateway.inbound import InboundRequest
 from gateway.providers import Key, KeyKind, PhoneCredentials, Provider, RouteFamily, Verified
-from gateway.providers.spec import ANSWER, END, OTHER, CallEvent, CarrierSpec, CredentialFields, RouteSpec, status_label
+from gateway.providers.spec import (
+    ANSWER,
+    END,
+    OTHER,
+    CallbackBody,
+    CallEvent,
+    CarrierSpec,
+    CredentialFields,
+    RouteSpec,
+    SigningInput,
+    SigningKeyError,
+    status_label,
+)
 
 SIGNATURE_HEADER = "telnyx-signature-ed25519"
 TIMESTAMP_HEADER = "telnyx-timestamp"
@@ -203,6 +217,59 @@ def decoy() -> PhoneCredentials:
     return PhoneCredentials("decoy", Provider.TELNYX, {KeyKind.PUBLIC_KEY: (key,)})
 
 
+# ---- `gateway sign` and `gateway explain` (gateway/diagnostics/) ----
+
+
+def sign_headers(data: SigningInput) -> list[tuple[str, str]]:
+    """The signature and timestamp headers Telnyx sends with this event (`data.secret`: the Ed25519 seed)."""
+    if len(data.secret) != 32:
+        raise SigningKeyError("the Telnyx seed must be 32 bytes (base64)")
+    stamp = str(int(time.time()) if data.timestamp is None else data.timestamp)
+    return [(SIGNATURE_HEADER, sign(data.secret, stamp, data.body)), (TIMESTAMP_HEADER, stamp)]
+
+
+def call_initiated(url: str) -> bytes:
+    """A Call Control v2 `call.initiated` event with a fresh id (delivered to `url`)."""
+    event = {
+        "data": {
+            "event_type": "call.initiated",
+            "id": str(uuid.uuid4()),
+            "occurred_at": time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime()),
+            "payload": {
+                "call_control_id": "v3:" + secrets.token_urlsafe(24),
+                "connection_id": "0000000000000000000",
+                "direction": "incoming",
+                "from": "+14155550100",
+                "state": "parked",
+                "to": "+14155550101",
+            },
+            "record_type": "event",
+        },
+        "meta": {"attempt": 1, "delivered_to": url},
+    }
+    return orjson.dumps(event)
+
+
+def signed_strings(request: InboundRequest, _url: str) -> list[tuple[str, bytes]]:
+    """What Telnyx signs for `request`: the timestamp header and the body (not the URL)."""
+    timestamp = request.headers.get(TIMESTAMP_HEADER, "")
+    return [(f"Telnyx ({SIGNATURE_HEADER} over timestamp|body)", timestamp.encode() + b"|" + request.body)]
+
+
+def signed_at(request: InboundRequest) -> float | None:
+    """The moment the request says it was signed (its timestamp header), or None."""
+    try:
+        return float(int(request.headers.get(TIMESTAMP_HEADER, "")))
+    except ValueError:
+        return None
+
+
+EXPLAIN_HINT = (
+    "  Telnyx signs the timestamp and the body, not the URL: a body changed on the way (even",
+    "  re-serialised JSON or a trailing newline), another timestamp, or another key.",
+)
+
+
 SPEC = CarrierSpec(
     provider=Provider.TELNYX,
     family=RouteFamily.TELNYX,
@@ -221,4 +288,13 @@ SPEC = CarrierSpec(
     signature_headers=(SIGNATURE_HEADER, TIMESTAMP_HEADER),
     decoy=decoy,
     numbers_in_request=request_numbers,
+    title="Telnyx",
+    callback_body=CallbackBody.JSON_EVENT,
+    sample_event=call_initiated,
+    sign_headers=sign_headers,
+    seed_signed=True,
+    signing_key=None,  # its record holds only the public key
+    strings_to_sign=signed_strings,
+    signed_at=signed_at,
+    explain_hint=EXPLAIN_HINT,
 )

@@ -22,7 +22,18 @@ from urllib.parse import ParseResult, urlparse
 from gateway.errors import Reason, Rejected
 from gateway.inbound import InboundRequest, wire_text
 from gateway.providers import Key, KeyKind, PhoneCredentials, Provider, RouteFamily, Verified, params_digest, quote_part
-from gateway.providers.spec import AnswerRules, CallEvent, CarrierSpec, CredentialFields, RouteSpec, form_call_event
+from gateway.providers.spec import (
+    AnswerRules,
+    BodyHashParam,
+    CallbackBody,
+    CallEvent,
+    CarrierSpec,
+    CredentialFields,
+    RouteSpec,
+    SigningInput,
+    UrlSigning,
+    form_call_event,
+)
 
 SIGNATURE_HEADER = "x-twilio-signature"
 SETTINGS_HEADER = "x-twilio-webhooks-signature-settings"
@@ -230,6 +241,34 @@ HOLD = (
     '  <Redirect method="$method">$answer_url</Redirect>\n</Response>\n'
 )
 
+# ---- `gateway sign` and `gateway explain` (gateway/diagnostics/) ----
+
+# Header names as `gateway sign` writes them (the gateway reads them case-insensitively).
+SIGN_SIGNATURE_HEADER = "X-Twilio-Signature"
+SIGN_SETTINGS_HEADER = "X-Twilio-Webhooks-Signature-Settings"
+
+
+def sign_headers(data: SigningInput) -> list[tuple[str, str]]:
+    """The signature header Twilio sends with this callback (and the settings header for a shared key)."""
+    token = data.secret.decode("utf-8")
+    headers = [(SIGN_SIGNATURE_HEADER, sign(token, data.url, data.params, algorithm=data.algorithm))]
+    if data.algorithm != HMAC_SHA1:  # signed with the shared webhook key: say so, as Twilio does
+        headers.append((SIGN_SETTINGS_HEADER, f"algorithm={data.algorithm}"))
+    return headers
+
+
+def signed_strings(request: InboundRequest, url: str) -> list[tuple[str, bytes]]:
+    """What Twilio signs for `request` (called at `url`, as text)."""
+    params = request.form_params() if request.is_form else None
+    name = f"Twilio ({SIGN_SIGNATURE_HEADER}; also accepted with the default port added/removed)"
+    return [(name, string_to_sign(url, params))]
+
+
+def signing_key(algorithm: str) -> KeyKind:
+    """The auth token signs HMAC_SHA1; the shared webhook signing key signs the others."""
+    return KeyKind.AUTH_TOKEN if algorithm == HMAC_SHA1 else KeyKind.TWILIO_SIGNING_KEY
+
+
 SPEC = CarrierSpec(
     provider=Provider.TWILIO,
     family=RouteFamily.TWILIO,
@@ -248,4 +287,12 @@ SPEC = CarrierSpec(
     signature_headers=(SIGNATURE_HEADER, SETTINGS_HEADER),
     decoy=decoy,
     sample_params=sample_params,
+    title="Twilio",
+    callback_body=CallbackBody.FORM_OR_JSON,
+    body_hash_param=BodyHashParam("bodySHA256", body_sha256),
+    sign_headers=sign_headers,
+    sign_algorithms=(HMAC_SHA1, HMAC_SHA256),
+    signing_key=signing_key,
+    url_signing=UrlSigning.EXACT,
+    strings_to_sign=signed_strings,
 )

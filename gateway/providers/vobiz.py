@@ -14,7 +14,7 @@ import secrets
 from gateway.inbound import InboundRequest, wire_text
 from gateway.providers import Key, KeyKind, PhoneCredentials, Provider, RouteFamily, plivo
 from gateway.providers.plivo import PLIVO_SCHEMES, PlivoVerifier, V3Scheme, b64_hmac_sha256
-from gateway.providers.spec import CallEvent, CarrierSpec, form_call_event
+from gateway.providers.spec import CallEvent, CarrierSpec, SigningInput, UrlSigning, form_call_event
 
 SIGNATURE_HEADER = "x-vobiz-signature-v3"
 NONCE_HEADER = "x-vobiz-signature-v3-nonce"
@@ -70,6 +70,32 @@ def decoy() -> PhoneCredentials:
     return PhoneCredentials("decoy", Provider.VOBIZ, {KeyKind.AUTH_TOKEN: (key,)})
 
 
+# ---- `gateway sign` and `gateway explain` (gateway/diagnostics/) ----
+
+# Header names as `gateway sign` writes them (the gateway reads them case-insensitively).
+SIGN_SIGNATURE_HEADER = "X-Vobiz-Signature-V3"
+SIGN_MAIN_ACCOUNT_SIGNATURE_HEADER = "X-Vobiz-Signature-Ma-V3"
+SIGN_NONCE_HEADER = "X-Vobiz-Signature-V3-Nonce"
+
+
+def sign_headers(data: SigningInput) -> list[tuple[str, str]]:
+    """Plivo's V3 headers and Vobiz's own (Vobiz documents its own header too; the gateway accepts either)."""
+    headers = plivo.sign_headers(data)
+    nonce = headers[1][1]
+    token = data.secret.decode("utf-8")
+    return [*headers, (SIGN_SIGNATURE_HEADER, sign_vobiz_v3(token, data.url, nonce)), (SIGN_NONCE_HEADER, nonce)]
+
+
+def signed_strings(request: InboundRequest, url: str) -> list[tuple[str, bytes]]:
+    """What Vobiz signs for `request` (called at `url`, as text), per signature header present."""
+    out = plivo.signed_strings(request, url)
+    for header in (SIGN_SIGNATURE_HEADER.lower(), SIGN_MAIN_ACCOUNT_SIGNATURE_HEADER.lower()):
+        if request.headers.get(header):
+            nonce = request.headers.get(SIGN_NONCE_HEADER.lower(), "")
+            out.append((f"Vobiz V3 ({header})", vobiz_v3_string_to_sign(url, nonce)))
+    return out
+
+
 SPEC = CarrierSpec(
     provider=Provider.VOBIZ,
     family=RouteFamily.PLIVO,
@@ -83,4 +109,9 @@ SPEC = CarrierSpec(
     signature_headers=tuple(dict.fromkeys(h for s in VOBIZ_SCHEMES for h in (s.signature_header, s.nonce_header))),
     decoy=decoy,
     sample_params=plivo.sample_params,
+    title="Vobiz",
+    sign_headers=sign_headers,
+    signing_key=plivo.signing_key,
+    url_signing=UrlSigning.PARAMS,
+    strings_to_sign=signed_strings,
 )

@@ -10,10 +10,25 @@ from nacl.signing import SigningKey
 
 from gateway.diagnostics.capture import parse_capture
 from gateway.diagnostics.errors import SignError
+from gateway.diagnostics.mismatch import SUPPORTED
 from gateway.diagnostics.report import received_request, report
-from gateway.diagnostics.signing import Secret, as_curl, as_http, build, secret_from_env, secret_from_phone
+from gateway.diagnostics.signing import (
+    ALGORITHMS,
+    DEFAULT_ALGORITHM,
+    Secret,
+    as_curl,
+    as_http,
+    build,
+    secret_from_env,
+    secret_from_phone,
+)
 from gateway.diagnostics.strings_to_sign import strings_to_sign
+from gateway.diagnostics.wire import wire_text
+from gateway.errors import Rejected
+from gateway.inbound import wire_text as strict_wire_text
 from gateway.providers import KeyKind, PhoneCredentials, Provider
+from gateway.providers.registry import spec_for
+from gateway.providers.spec import UrlSigning
 from gateway.providers.twilio import HMAC_SHA256
 from gateway.settings import PublicBase
 from tests.helpers.inbound_builders import creds, key, public_key
@@ -74,3 +89,32 @@ def test_secrets_come_from_the_environment_or_the_phone_and_are_never_echoed() -
         secret_from_phone(phone(Provider.TELNYX)[0], "HMAC_SHA1", NOW)
     with pytest.raises(SignError, match="no active twilio_signing_key"):
         secret_from_phone(phone(Provider.TWILIO)[0], HMAC_SHA256, NOW)
+
+
+@pytest.mark.parametrize("provider", list(Provider))
+def test_every_carrier_spec_says_how_it_is_signed_and_explained(provider: Provider) -> None:
+    """sign and explain read only the specs: each carrier either signs (headers, a string-to-sign) or
+    proves itself otherwise (its proof in the URL, its own report lines), never neither or both."""
+    spec = spec_for(provider)
+    signs = spec.sign_headers is not None
+    assert signs == (spec.strings_to_sign is not None)
+    assert signs == (spec.unsigned_proof is None) == (spec.explain_unsigned is None)
+    assert spec.title.lower() == provider.value
+    assert spec.seed_signed == (spec.signing_key is None)  # a seed-signed phone's record holds no private key
+    if spec.url_signing is UrlSigning.NONE and signs:
+        assert spec.explain_hint, "a failed signature that covers no URL needs words: no variant explains it"
+    assert (provider in SUPPORTED) == (spec.url_signing is not UrlSigning.NONE)
+    assert DEFAULT_ALGORITHM in ALGORITHMS and all(name in ALGORITHMS for name in spec.sign_algorithms)
+
+
+@pytest.mark.parametrize(
+    "raw", ["", "/plain?a=1", "/caf\u00c3\u00a9", "/caf\u00e9", "/r\u00e9al-text-\u4e2d", "/a%20b", "/\u00ff\u00fe"]
+)
+def test_one_wire_text_decoder_that_shows_what_the_gateway_rejects(raw: str) -> None:
+    """diagnostics decode wire text as the gateway does (gateway/inbound.py); what the gateway rejects
+    as not UTF-8 is shown as it is instead of refused."""
+    try:
+        expected = strict_wire_text(raw)
+    except Rejected:
+        expected = raw
+    assert wire_text(raw) == expected
