@@ -222,7 +222,14 @@ class Bench:
         with self.server("gateway") as gateway:
             self.register(gateway)
             runs["b"] = self.measure("(b) gateway Plivo V3", gateway, "plivo", ceiling, stream=GATEWAY_STREAM)
-            if args.quick:
+            if args.quick and not args.compare_src:
+                return results
+            if args.quick:  # before/after of a request-path change: (b) of the other tree too, same ceiling
+                with self.server("gateway", src=args.compare_src) as other:
+                    self.register(other)
+                    runs["b0"] = self.measure(
+                        f"(b) {args.compare_label}: gateway Plivo V3", other, "plivo", ceiling, stream=GATEWAY_STREAM
+                    )
                 return results
             runs["c"] = self.measure("(c) gateway Telnyx Ed25519", gateway, "telnyx", ceiling, stream=GATEWAY_STREAM)
         if args.compare_src:  # the same two runs for another tree (e.g. before the optimisations), same ceiling
@@ -446,6 +453,13 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         a, b = runs["a"], runs["b"]
         per_cpu = (b.rps / b.server_cpu) / (a.rps / a.server_cpu)
         ratio = f"b/a = {b.rps / a.rps:.1%}, per server CPU-second {per_cpu:.1%} (--quick: a and b only)"
+        if "b0" in runs:
+            b0 = runs["b0"]
+            per_cpu0 = (b0.rps / b0.server_cpu) / (a.rps / a.server_cpu)
+            ratio += (
+                f"\n{args.compare_label}: b/a = {b0.rps / a.rps:.1%}, per server CPU-second {per_cpu0:.1%}; "
+                f"this tree over it: {b.rps / b0.rps:.3f}x (per server CPU-second {per_cpu / per_cpu0:.3f}x)"
+            )
         return "\n".join([*lines, "", ratio])
     a, b, c, d = (runs[k].rps for k in "abcd")
     a_, b_, c_, d_ = (runs[k].rps / runs[k].server_cpu for k in "abcd")
