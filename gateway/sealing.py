@@ -32,6 +32,14 @@ def kek_id(kek: bytes) -> str:
     return hashlib.blake2b(kek, digest_size=4, person=b"gw-kek-id").hexdigest()
 
 
+_KEK_ID_LENGTH = 8  # kek_id(): 4 bytes as lowercase hex
+
+
+def _is_kek_id(text: str) -> bool:
+    """The shape of a kek_id() (8 lowercase hex digits): only such a text is ever echoed as one."""
+    return len(text) == _KEK_ID_LENGTH and all(c in "0123456789abcdef" for c in text)
+
+
 class Sealer:
     def __init__(self, kek: bytes, previous: tuple[bytes, ...] = ()) -> None:
         if len(kek) != nacl.secret.SecretBox.KEY_SIZE:
@@ -61,9 +69,12 @@ class Sealer:
             version, key_id, payload = sealed.split(":", 2)
         except ValueError:
             raise SealError("not a sealed value") from None
+        if version != _VERSION or not _is_kek_id(key_id):
+            # Echo nothing: a field holding plain text (or anything else) splits at ':' too.
+            raise SealError("not a sealed value")
         box = self._boxes.get(key_id)
-        if version != _VERSION or box is None:
-            raise SealError(f"sealed with an unknown KEK ({key_id!r}); set GATEWAY_KEK_PREVIOUS")
+        if box is None:
+            raise SealError(f"sealed with an unknown KEK ({key_id}); set GATEWAY_KEK_PREVIOUS")
         try:
             plaintext = box.decrypt(base64.b64decode(payload, validate=True))
         except (nacl.exceptions.CryptoError, binascii.Error, ValueError):

@@ -6,6 +6,7 @@ through the settings in tests/test_redis_ha.py.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -61,3 +62,57 @@ def test_errors_never_echo_the_password() -> None:
     with pytest.raises(ValueError, match="GATEWAY_REDIS_URL") as caught:
         parse_sentinel_url("redis+sentinel://user:hunter2-secret@192.0.2.1:26379")
     assert "hunter2" not in str(caught.value)
+
+
+# Passwords written into the URL without percent-encoding: '/', '#', '@', '?' and ':' cut the URL
+# elsewhere, so a piece of the password lands in the host, port, path, query or fragment.
+PASSWORDS = ["p@ss/wo#rd", "secret#frag", "k@yz/qu1x", "pa/ssw0rd", "pa?ssw0rd", "s3:cr/3t"]
+TEMPLATES = [
+    ("redis://:{pw}@192.0.2.1:6379/0", False),
+    ("redis://user:{pw}@redis.example.com/0", False),
+    ("rediss+sentinel://:{pw}@192.0.2.1:26379/svc/1", False),
+    ("redis://:{pw}@192.0.2.1:7000,192.0.2.2:7001/0", True),
+    ("redis://:{pw}@[2001:db8::1]:6379/0", False),
+]
+
+
+def _other_letters(password: str) -> str:
+    """The same password with every letter and digit replaced: the URL splits the same way."""
+    return password.translate(
+        str.maketrans("abcdefghijklmnopqrstuvwxyz0123456789", "bcdefghijklmnopqrstuvwxyza1234567890")
+    )
+
+
+@pytest.mark.parametrize("password", PASSWORDS)
+@pytest.mark.parametrize(("template", "cluster"), TEMPLATES)
+def test_errors_never_echo_any_part_of_the_url(template: str, cluster: bool, password: str) -> None:
+    """No piece of the password in the message: it is the same whatever the password's letters are."""
+    messages = []
+    for pw in (password, _other_letters(password)):
+        with pytest.raises(ValueError, match="GATEWAY_REDIS_URL") as caught:
+            validate_url(template.format(pw=pw), cluster)
+        messages.append(str(caught.value))
+    assert messages[0] == messages[1]
+    for piece in re.split(r"[@/#?:]", password):
+        assert len(piece) < 3 or piece not in messages[0]
+
+
+@pytest.mark.parametrize(
+    ("url", "part"),
+    [
+        ("redis://redis.example.com:63790x/0", "port"),
+        ("redis://redis.example.com:99999/0", "bad server address"),
+        ("redis://redis.example.com:6379/zero", "database"),
+        ("redis://redis.example.com:6379/0?db=x", "database"),
+        ("redis://:pw@/0", "empty server address"),
+        ("redis://:secret#frag@redis.example.com:6379/0", "'#'"),
+        ("unix://relative/redis.sock", "absolute socket path"),
+        ("redis://bad host!:6379/0", "bad server address"),
+    ],
+)
+def test_malformed_plain_urls_name_the_part_that_is_wrong(url: str, part: str) -> None:
+    """redis-py would raise a bare ValueError on connect (port) or silently ignore the bad part (database)."""
+    with pytest.raises(ValueError, match="GATEWAY_REDIS_URL") as caught:
+        validate_url(url, False)
+    assert part in str(caught.value)
+    assert "63790x" not in str(caught.value) and "zero" not in str(caught.value)

@@ -61,3 +61,29 @@ def test_from_settings_seals_under_the_kek_and_opens_under_previous_ones() -> No
     assert sealer.current_kek_id == Sealer(KEK_A).current_kek_id
     assert sealer.open("ph_1", sealed_before) == "t"
     assert sealer.needs_reseal(sealed_before)
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        "v1:secret#frag:rest",  # plain text that splits like a sealed value
+        "v1:p@ss/wo#rd:x",
+        "v1:deadbeefcafe:x",  # hex, but not a key id's length
+        "v1:DEADBEEF:x",  # a key id is lowercase
+        "secret-token:with:colons",
+    ],
+)
+def test_plain_text_in_a_sealed_field_is_never_echoed(field: str) -> None:
+    with pytest.raises(SealError) as caught:
+        Sealer(KEK_A).open("ph_1", field)
+    message = str(caught.value)
+    assert message == "not a sealed value"
+    for fragment in field.split(":"):
+        assert fragment not in message or fragment == ""
+
+
+def test_an_unknown_kek_is_named_by_its_id() -> None:
+    sealed = Sealer(KEK_B).seal("ph_1", "token")
+    with pytest.raises(SealError, match="unknown KEK") as caught:
+        Sealer(KEK_A).open("ph_1", sealed)
+    assert Sealer(KEK_B).current_kek_id in str(caught.value)  # a key id is no secret: it helps rotation
