@@ -14,6 +14,7 @@ import os
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,9 +28,9 @@ from gateway.standard_webhooks import decode_key as decode_signing_key
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-REPO_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 DEFAULT_TOML = Path("config/gateway.toml")
-DEFAULT_EXOTEL_IPS_FILE = REPO_CONFIG_DIR / "exotel_allowed_ips.txt"
+# Package data (gateway/data/), found through importlib.resources: in a wheel as in a checkout.
+DEFAULT_EXOTEL_IPS_FILE = Path(str(resources.files("gateway").joinpath("data", "exotel_allowed_ips.txt")))
 
 DEFAULT_PLIVO_ANSWER = '<?xml version="1.0" encoding="UTF-8"?>\n<Response></Response>\n'
 DEFAULT_TWILIO_ANSWER = '<?xml version="1.0" encoding="UTF-8"?>\n<Response></Response>\n'

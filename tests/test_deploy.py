@@ -940,27 +940,35 @@ def test_dockerfile_healthcheck_expose_and_env() -> None:
         assert env["PROMETHEUS_MULTIPROC_DIR"].startswith("/tmp/")
     volumes = [json.loads(rest) if rest.startswith("[") else rest.split() for word, rest in runtime if word == "VOLUME"]
     assert ["/tmp"] in volumes
-    # The allowlist path the gateway is told about must be where config/ is copied to.
-    allowlist = Path(env["GATEWAY_EXOTEL_ALLOWED_IPS_FILE"])
-    config_copies = [
-        rest.split() for word, rest in runtime if word == "COPY" and rest.split()[0].rstrip("/") == "config"
-    ]
-    assert config_copies, "config/ is not copied into the runtime image"
-    destination = Path(config_copies[0][-1])
-    assert allowlist.parent == destination, f"{allowlist} is not inside {destination}"
+    # The built-in allowlist is package data: no path to the source tree, no workaround variable.
+    assert "GATEWAY_EXOTEL_ALLOWED_IPS_FILE" not in env
 
 
-def test_dockerfile_ships_the_exotel_allowlist() -> None:
-    _, stages = _dockerfile()
-    _, env = _stage_env(stages[-1][2])
-    allowlist = REPO / "config" / Path(env["GATEWAY_EXOTEL_ALLOWED_IPS_FILE"]).name
+def test_dockerfile_ships_the_exotel_allowlist_as_package_data() -> None:
+    """The image installs the wheel; the wheel carries gateway/data/ (pyproject's package-data)."""
+    import tomllib
+
     from gateway.settings import DEFAULT_EXOTEL_IPS_FILE
 
-    assert allowlist.name == DEFAULT_EXOTEL_IPS_FILE.name, "the image and the source tree disagree on the file name"
-    if not allowlist.is_file():
-        if any(p.is_file() for p in (REPO / "config").glob("*")):
-            pytest.fail(f"config/ has files but no {allowlist.name}: renamed?")
-        pytest.skip(f"config/{allowlist.name} is not in the repository yet: the image build needs it")
+    package = REPO / "gateway"
+    assert DEFAULT_EXOTEL_IPS_FILE.is_file()
+    assert DEFAULT_EXOTEL_IPS_FILE.resolve().parent == package / "data", DEFAULT_EXOTEL_IPS_FILE
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    assert "data/*" in pyproject["tool"]["setuptools"]["package-data"]["gateway"]
+
+
+def test_dockerfile_copies_no_settings_file() -> None:
+    """A local config/gateway.toml may hold secrets: nothing under config/ goes into the image,
+    and the example build-context filter keeps it out of the builder too."""
+    _, stages = _dockerfile()
+    for _, _, instructions in stages:
+        for word, rest in instructions:
+            if word in ("COPY", "ADD") and "--from=" not in rest:
+                sources = [t for t in rest.split() if not t.startswith("--")][:-1]
+                assert not [s for s in sources if s.rstrip("/") in (".", "config") or s.startswith("config/")], rest
+    ignore = (DEPLOY / "dockerignore.example").read_text(encoding="utf-8").splitlines()
+    assert "!config/" not in ignore
+    assert "**/gateway.toml" in ignore
 
 
 def test_dockerfile_copy_sources_exist() -> None:

@@ -162,11 +162,11 @@ class TestAllowlistMembership:
 class TestAllowlistFile:
     def test_shipped_default_is_empty_and_loads(self) -> None:
         # Exotel publishes no callback IPs: the built-in list must not invent any.
-        allowlist = Allowlist.load_file(REPO_ROOT / "config" / "exotel_allowed_ips.txt")
+        allowlist = Allowlist.load_file(REPO_ROOT / "gateway" / "data" / "exotel_allowed_ips.txt")
         assert not allowlist
 
     def test_shipped_default_explains_itself(self) -> None:
-        text = (REPO_ROOT / "config" / "exotel_allowed_ips.txt").read_text(encoding="utf-8")
+        text = (REPO_ROOT / "gateway" / "data" / "exotel_allowed_ips.txt").read_text(encoding="utf-8")
         assert "EXOTEL_ALLOWED_IPS" in text and "support" in text
 
     def test_entries_with_region_source_and_date(self, tmp_path: Path) -> None:
