@@ -36,6 +36,7 @@ from gateway.capability import mint_token
 from gateway.dispatch import DispatchClient
 from gateway.envelope_signing import webhook_id_of
 from gateway.inbound import InboundRequest
+from gateway.log_safety import loggable
 from gateway.providers import PhoneCredentials, Provider
 from gateway.providers.registry import CARRIERS
 from gateway.providers.spec import AnswerRules
@@ -330,7 +331,7 @@ class Answerer:
             "dispatch did not answer (%s) for %s phone %s: answered with the fallback%s",
             result,
             provider.value,
-            phone_id,
+            loggable(phone_id),
             f" (and {self._fallbacks_unlogged} more since the last warning)" if self._fallbacks_unlogged else "",
         )
         self._fallback_log_at = current

@@ -42,6 +42,7 @@ from gateway.events import build_event
 from gateway.forwarder import Forwarder, Outcome
 from gateway.inbound import InboundRequest
 from gateway.keystore import NOT_CACHED, KeyStore
+from gateway.log_safety import loggable
 from gateway.providers import PhoneCredentials, Provider, RouteFamily, Verifier
 from gateway.providers.registry import CARRIERS, FAMILY_PROVIDERS, ROUTES, decoy_for
 from gateway.proxy import OriginResolver
@@ -173,11 +174,13 @@ class WebhookHandler:
             wanted = self._log_accepted if 200 <= status < 300 else self._log_failed
             if wanted and access_log.isEnabledFor(logging.INFO):
                 client = scope.get("client")
+                # Request-controlled fields are escaped and capped (gateway/log_safety.py): a "%0A" in
+                # the path must not write a second line, a 15 KB path not a 15 KB line.
                 access_log.info(
                     '%s "%s %s" %d %s %s%s %.1fms',
-                    client[0] if client else "-",
-                    scope.get("method", "-"),
-                    scope.get("path", "-"),  # never the query string: Exotel's ?token= is a secret
+                    loggable(client[0]) if client else "-",
+                    loggable(scope.get("method", "-")),
+                    loggable(scope.get("path", "-")),  # never the query string: Exotel's ?token= is a secret
                     status,
                     provider_label,
                     outcome,
