@@ -9,6 +9,8 @@ This mode is for one machine: production runs a managed Redis, Sentinel or Clust
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import importlib.util
 import os
 import shutil
@@ -26,6 +28,97 @@ from gateway.errors import GatewayError
 
 class EmbeddedRedisError(GatewayError, RuntimeError):
     pass
+
+
+class EmbeddedRedisBusy(EmbeddedRedisError):
+    """Another gateway already runs an embedded server on this data directory."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class ServerLock:
+    """One embedded server per data directory: an exclusive `flock` on `<dir>/server.pid`.
+
+    The gateway takes it before starting a server, and the server inherits the locked file
+    (so an orphaned server, its gateway SIGKILLed, still holds it). The file says who holds
+    it: `gateway <pid>`, `server <pid>`, `socket <url>`. A lock whose gateway is dead is
+    stale (a crash): its orphaned server, if still running, is stopped (it would otherwise
+    append to the same AOF as ours) and the lock is taken over.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.path = Path(directory) / "server.pid"
+        self.fd: int | None = None
+
+    def acquire(self, url: str, *, stale_wait_s: float = 10.0) -> ServerLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if not self._try_lock(fd):
+                holder = self.holder()
+                gateway_pid = holder.get("gateway", "")
+                if not gateway_pid.isdigit() or _alive(int(gateway_pid)):
+                    raise EmbeddedRedisBusy(
+                        f"an embedded server already runs in {self.path.parent} "
+                        f"(gateway pid {gateway_pid or '?'}, server pid {holder.get('server', '?')}, "
+                        f"socket {holder.get('socket', '?')}): "
+                        "use it, or stop that gateway first"
+                    )
+                server_pid = holder.get("server", "")
+                if server_pid.isdigit() and _alive(int(server_pid)):
+                    os.kill(int(server_pid), signal.SIGTERM)  # the orphan of a crashed gateway
+                deadline = time.monotonic() + stale_wait_s
+                while not self._try_lock(fd):
+                    if time.monotonic() > deadline:
+                        raise EmbeddedRedisBusy(f"a stale lock on {self.path} is still held after {stale_wait_s} s")
+                    time.sleep(0.05)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+        self._write(gateway=str(os.getpid()), socket=url)
+        return self
+
+    @staticmethod
+    def _try_lock(fd: int) -> bool:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return False
+            raise
+        return True
+
+    def holder(self) -> dict[str, str]:
+        """What the file says about its holder (empty when unreadable)."""
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except OSError:
+            return {}
+        return dict(line.split(" ", 1) for line in text.splitlines() if " " in line)
+
+    def record_server(self, pid: int) -> None:
+        self._write(**self.holder(), server=str(pid))
+
+    def _write(self, **fields: str) -> None:
+        assert self.fd is not None
+        text = "".join(f"{name} {value}\n" for name, value in fields.items())
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, text.encode(), 0)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            os.close(self.fd)  # the server it started has exited: nobody else holds the file
+            self.fd = None
 
 
 def find_server_binary() -> str:
@@ -69,6 +162,7 @@ class EmbeddedRedis:
         unix_socket: bool = False,
         appendonly: bool = True,
         extra_args: tuple[str, ...] = (),
+        lock: ServerLock | None = None,
     ) -> None:
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="gateway-redis-")).resolve()
@@ -77,6 +171,7 @@ class EmbeddedRedis:
         self.port = 0 if unix_socket else (port or free_port())
         self.appendonly = appendonly
         self.extra_args = extra_args
+        self.lock = lock  # held by the caller; the server inherits it (ServerLock)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -108,9 +203,19 @@ class EmbeddedRedis:
         args += list(self.extra_args)
         # Own session: a Ctrl-C meant for the gateway must not kill Redis before the gateway drains.
         self.process = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+            args,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            pass_fds=(self.lock.fd,) if self.lock is not None and self.lock.fd is not None else (),
         )
-        self.wait_ready(timeout_s)
+        if self.lock is not None:
+            self.lock.record_server(self.process.pid)
+        try:
+            self.wait_ready(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def wait_ready(self, timeout_s: float) -> None:
