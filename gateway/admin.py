@@ -12,8 +12,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.keystore import Conflict, KeyStore
-from gateway.phone_records import InvalidRecord
+from gateway.keystore import Conflict, FingerprintKeyError, KeyStore
+from gateway.phone_records import CorruptRecord, InvalidRecord
 from gateway.secrets import Secret
 
 log = logging.getLogger("gateway.admin")
@@ -62,7 +62,8 @@ class AdminAPI:
         if (denied := self._authorised(request)) is not None:
             return denied
         try:
-            return _json({"phones": await self._keystore.list()})
+            # Invalid stored records are skipped and named, so one bad record cannot hide the others.
+            return _json(await self._keystore.listing())
         except rx.RedisError:
             return _error(503, "redis unavailable")
 
@@ -70,7 +71,11 @@ class AdminAPI:
         if (denied := self._authorised(request)) is not None:
             return denied
         try:
-            view = await self._keystore.get(request.path_params["phone_id"])
+            view = await self._keystore.get(phone_id := request.path_params["phone_id"])
+        except CorruptRecord:
+            return _json(
+                {"error": "the stored record is invalid: replace it (PUT) or delete it", "invalid": [phone_id]}, 409
+            )
         except rx.RedisError:
             return _error(503, "redis unavailable")
         return _json(view) if view is not None else _error(404, "no such phone")
@@ -92,10 +97,13 @@ class AdminAPI:
             return _error(400, "body must be JSON")
         phone_id = request.path_params["phone_id"]
         try:
-            existed = await self._keystore.get_record(phone_id) is not None
+            existed = await self._keystore.exists(phone_id)
             view = await self._keystore.put(phone_id, payload)
         except InvalidRecord as exc:
             return _error(422, str(exc))
+        except FingerprintKeyError:
+            log.error("the fingerprint key cannot be opened: check GATEWAY_KEK / GATEWAY_KEK_PREVIOUS")
+            return _error(500, "the fingerprint key cannot be opened under the configured KEKs")
         except Conflict as exc:
             return _error(409, str(exc))
         except rx.RedisError:

@@ -10,6 +10,8 @@ bounds staleness meanwhile.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import enum
 import logging
@@ -24,17 +26,22 @@ from gateway import metrics
 from gateway.cache import TTLCache
 from gateway.errors import GatewayError, Unavailable
 from gateway.phone_records import (
+    E164_RE,
+    CorruptRecord,
     InvalidRecord,
     build_record,
     public_view,
     reseal_record,
+    stored_record,
     to_credentials,
     validate_phone_id,
 )
 from gateway.providers import PhoneCredentials
+from gateway.random_ids import new_key
 from gateway.redis_errors import OUTAGES
 from gateway.redis_keys import KeyNames
 from gateway.sealing import Sealer, SealError
+from gateway.secrets import FINGERPRINT_KEY_BYTES
 from gateway.tasks import stop_task
 
 log = logging.getLogger("gateway.keystore")
@@ -42,6 +49,16 @@ log = logging.getLogger("gateway.keystore")
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _number_of(raw: bytes | str) -> str | None:
+    """config.number of a stored record that is otherwise invalid, if it has a readable one."""
+    try:
+        record = orjson.loads(raw)
+        number = record["config"]["number"]
+    except (orjson.JSONDecodeError, KeyError, TypeError, IndexError):
+        return None
+    return number if isinstance(number, str) and E164_RE.fullmatch(number) else None
 
 
 _COMPARE_AND_SET = """
@@ -65,6 +82,33 @@ class Conflict(GatewayError):
     """A config.number is already registered to another phone."""
 
 
+class FingerprintKeyError(GatewayError, ValueError):
+    """The stored fingerprint key does not open under any configured KEK (a ValueError: the CLI reports it)."""
+
+
+# The fingerprint key is sealed like a phone's secret, bound to this name: it can never be a phone
+# id (ids start with a letter or digit), so no phone's sealed value opens as the key, or vice versa.
+FINGERPRINT_KEY_OWNER = "#fingerprint-key"
+
+# Bounds in bytes as well as entries (items 6 of issue 14): a phone's answer templates can be
+# 32 KiB, and unknown ids are unauthenticated input.
+CACHE_MAX_BYTES = 64 * 1024 * 1024
+NEGATIVE_CACHE_MAX_BYTES = 4 * 1024 * 1024
+
+
+def _credentials_size(phone_id: str, creds: PhoneCredentials | None) -> int:
+    """About what a cached phone holds in memory (key material, fingerprints, config)."""
+    size = len(phone_id) + 300
+    if creds is not None:
+        size += len(orjson.dumps(creds.config, default=str))
+        size += sum(len(k.material) + len(k.fingerprint) + 300 for keys in creds.keys.values() for k in keys)
+    return size
+
+
+def _text_size(key: str, value: str | None) -> int:
+    return len(key) + len(value or "") + 200
+
+
 class KeyStore:
     def __init__(
         self,
@@ -76,15 +120,25 @@ class KeyStore:
         negative_ttl_s: float = 1.0,
         max_entries: int = 10_000,
         clock: Callable[[], float] = time.time,
+        max_bytes: int = CACHE_MAX_BYTES,
+        negative_max_bytes: int = NEGATIVE_CACHE_MAX_BYTES,
     ) -> None:
         self._redis = redis
         self._sealer = sealer
         self._names = names
         self._clock = clock
-        self._cache: TTLCache[PhoneCredentials] = TTLCache(max_entries, cache_ttl_s, negative_ttl_s)
-        # Unknown ids live apart, so a flood of random ids cannot evict real phones.
-        self._absent: TTLCache[PhoneCredentials] = TTLCache(max_entries, cache_ttl_s, negative_ttl_s)
-        self._numbers: TTLCache[str] = TTLCache(max_entries, cache_ttl_s, negative_ttl_s)
+        self._cache: TTLCache[PhoneCredentials] = TTLCache(
+            max_entries, cache_ttl_s, negative_ttl_s, max_bytes=max_bytes, weigh=_credentials_size
+        )
+        # Unknown ids live apart, so a flood of random ids cannot evict real phones. Only ids that
+        # pass validate_phone_id are ever cached (at most 128 characters).
+        self._absent: TTLCache[PhoneCredentials] = TTLCache(
+            max_entries, cache_ttl_s, negative_ttl_s, max_bytes=negative_max_bytes, weigh=_credentials_size
+        )
+        # Only E.164 numbers (at most 16 characters) are looked up or cached.
+        self._numbers: TTLCache[str] = TTLCache(
+            max_entries, cache_ttl_s, negative_ttl_s, max_bytes=negative_max_bytes, weigh=_text_size
+        )
         self._inflight: dict[str, asyncio.Future[PhoneCredentials | None]] = {}
         # Bumped by every invalidation: a load that raced with one must not cache its (stale) result.
         self._epoch = 0
@@ -106,6 +160,12 @@ class KeyStore:
         cached = self.cached(phone_id)
         if cached is not NOT_CACHED:
             return cached
+        try:
+            validate_phone_id(phone_id)
+        except InvalidRecord:
+            # No phone can have this id: nothing to look up, and nothing of it is kept (not even
+            # as "absent": an unauthenticated id of any length would otherwise pin memory).
+            return None
         found, _ = self._absent.get(phone_id)
         if found:
             metrics.TALLY.count(_NEGATIVE_HIT)
@@ -133,10 +193,6 @@ class KeyStore:
 
     async def _load(self, phone_id: str) -> PhoneCredentials | None:
         try:
-            validate_phone_id(phone_id)
-        except InvalidRecord:
-            return None
-        try:
             raw = await self._redis.get(self._names.phone(phone_id))
         except OUTAGES as exc:
             metrics.REDIS_ERRORS.labels("keystore", metrics.redis_error_class(exc)).inc()
@@ -144,13 +200,20 @@ class KeyStore:
         if raw is None:
             return None
         try:
-            return to_credentials(orjson.loads(raw), self._sealer, self._clock())
+            return to_credentials(stored_record(phone_id, raw), self._sealer, self._clock())
+        except CorruptRecord as exc:
+            # Not a record the admin API wrote for this id (hand-edited, truncated, copied from another
+            # phone's key): fail closed, answered exactly as an unknown phone, and tell the operator.
+            log.error("phone record is invalid (%s); refusing its webhooks", exc, extra={"phone_id": phone_id})
+            return None
         except SealError as exc:
             # Misconfiguration (wrong KEK), not an attack: fail closed and tell the operator.
             log.error("phone record cannot be unsealed: %s", exc, extra={"phone_id": phone_id})
             return None
 
     async def phone_for_number(self, number: str) -> str | None:
+        if not E164_RE.fullmatch(number):
+            return None  # no phone can have it (config.number is E.164): not looked up, not cached
         found, phone_id = self._numbers.get(number)
         if found:
             return phone_id
@@ -163,6 +226,14 @@ class KeyStore:
         self._numbers.put(number, phone_id)
         return phone_id
 
+    def cache_usage(self) -> dict[str, tuple[int, int]]:
+        """(entries, bytes) of each in-process cache: phones, absent (unknown ids), numbers."""
+        return {
+            "phones": (len(self._cache), self._cache.size_bytes),
+            "absent": (len(self._absent), self._absent.size_bytes),
+            "numbers": (len(self._numbers), self._numbers.size_bytes),
+        }
+
     def forget(self, phone_id: str) -> None:
         self._epoch += 1
         self._cache.discard(phone_id)
@@ -171,16 +242,60 @@ class KeyStore:
     # ---- admin --------------------------------------------------------
 
     async def get_record(self, phone_id: str) -> dict[str, Any] | None:
+        """The stored record, or None. Raises CorruptRecord for a record that is not valid for this id."""
         raw = await self._redis.get(self._names.phone(phone_id))
-        return orjson.loads(raw) if raw is not None else None
+        return stored_record(phone_id, raw) if raw is not None else None
+
+    async def _previous(self, phone_id: str) -> tuple[bool, dict[str, Any] | None, str | None]:
+        """(exists, the valid record or None, its config.number) — an invalid record is replaced or
+        deleted like any other (that is how an operator repairs it), its number read if it can be."""
+        raw = await self._redis.get(self._names.phone(phone_id))
+        if raw is None:
+            return False, None, None
+        try:
+            record = stored_record(phone_id, raw)
+        except CorruptRecord:
+            return True, None, _number_of(raw)
+        number = record.get("config", {}).get("number")
+        return True, record, number if isinstance(number, str) else None
+
+    async def exists(self, phone_id: str) -> bool:
+        return bool(await self._redis.exists(self._names.phone(phone_id)))
+
+    async def fingerprint_key(self) -> bytes:
+        """The deployment's fingerprint key: created once (SET NX, sealed under GATEWAY_KEK), then read.
+
+        Read on each admin write rather than kept: every process and the CLI use the stored one.
+        """
+        name = self._names.fingerprint_key
+        raw = await self._redis.get(name)
+        if raw is None:
+            fresh = self._sealer.seal(FINGERPRINT_KEY_OWNER, new_key(FINGERPRINT_KEY_BYTES))
+            await self._redis.set(name, fresh, nx=True)
+            raw = await self._redis.get(name)
+            if raw is None:  # deleted between the two commands: use ours, the next write stores it again
+                raw = fresh
+        return self._open_fingerprint_key(_text(raw))
+
+    def _open_fingerprint_key(self, sealed: str) -> bytes:
+        try:
+            key = base64.b64decode(self._sealer.open(FINGERPRINT_KEY_OWNER, sealed), validate=True)
+        except SealError as exc:
+            raise FingerprintKeyError(
+                f"the fingerprint key ({self._names.fingerprint_key}) cannot be opened: {exc}"
+            ) from None
+        except (binascii.Error, ValueError):
+            raise FingerprintKeyError("the fingerprint key is not base64") from None
+        if len(key) != FINGERPRINT_KEY_BYTES:
+            raise FingerprintKeyError("the fingerprint key is not 32 bytes")
+        return key
 
     async def put(self, phone_id: str, body: Any) -> dict[str, Any]:
         """Create or replace a phone; returns its public view. Raises InvalidRecord or Conflict."""
         validate_phone_id(phone_id)
-        previous = await self.get_record(phone_id)
-        record = build_record(phone_id, body, self._sealer, previous, self._clock())
+        _, previous, old_number = await self._previous(phone_id)
+        record = build_record(phone_id, body, self._sealer, previous, self._clock(), await self.fingerprint_key())
         number = record["config"].get("number")
-        old_number = (previous or {}).get("config", {}).get("number")
         if number is not None:
             # Claim the number atomically (SET NX): two concurrent PUTs cannot both own it.
             key = self._names.number(number)
@@ -199,12 +314,19 @@ class KeyStore:
         return public_view(record)
 
     async def get(self, phone_id: str) -> dict[str, Any] | None:
+        """The public view, or None. Raises CorruptRecord for an invalid stored record."""
         record = await self.get_record(phone_id)
         return public_view(record) if record is not None else None
 
     async def list(self) -> list[dict[str, Any]]:
+        """Every valid phone's public view (invalid records skipped: `listing` reports them)."""
+        return list((await self.listing())["phones"])
+
+    async def listing(self) -> dict[str, Any]:
+        """{"phones": [public views], "invalid": [ids whose stored record is invalid]}."""
         ids = sorted(_text(m) for m in await self._redis.smembers(self._names.phone_index))
         views: list[dict[str, Any]] = []
+        invalid: list[str] = []
         for chunk_start in range(0, len(ids), 500):
             chunk = ids[chunk_start : chunk_start + 500]
             # Per-key GETs in one pipeline, not MGET: phone records live in every slot of a Redis
@@ -213,24 +335,43 @@ class KeyStore:
             for phone_id in chunk:
                 pipe.get(self._names.phone(phone_id))
             raws = await pipe.execute()
-            views.extend(public_view(orjson.loads(raw)) for raw in raws if raw is not None)
-        return views
+            for phone_id, raw in zip(chunk, raws, strict=True):
+                if raw is None:
+                    continue
+                try:
+                    views.append(public_view(stored_record(phone_id, raw)))
+                except CorruptRecord:
+                    invalid.append(phone_id)
+        return {"phones": views, "invalid": invalid}
 
     async def reseal(self) -> dict[str, Any]:
-        """Re-seal every phone's secrets under the current GATEWAY_KEK (after a KEK rotation).
+        """Re-seal every phone's secrets under the current GATEWAY_KEK (after a KEK rotation), and
+        recompute every fingerprint under the current fingerprint key.
 
         Each record is replaced only if it did not change meanwhile (compare-and-set), so a
         concurrent admin PUT is never overwritten with older data; run it again to pick those up.
+        Invalid stored records are left as they are and listed under "invalid" (only when any).
         """
-        ids = sorted(_text(m) for m in await self._redis.smembers(self._names.phone_index))
         report: dict[str, Any] = {"resealed": 0, "unchanged": 0, "failed": [], "raced": []}
+        try:
+            fingerprint_key: bytes | None = await self._reseal_fingerprint_key()
+        except FingerprintKeyError:
+            # Opens under no configured KEK: reported like a phone that cannot be opened; the phones'
+            # secrets are still re-sealed, their fingerprints left as they are.
+            fingerprint_key = None
+            report["failed"].append(FINGERPRINT_KEY_OWNER)
+        ids = sorted(_text(m) for m in await self._redis.smembers(self._names.phone_index))
+        invalid: list[str] = []
         for phone_id in ids:
             key = self._names.phone(phone_id)
             raw = await self._redis.get(key)
             if raw is None:
                 continue
             try:
-                updated = reseal_record(orjson.loads(raw), self._sealer)
+                updated = reseal_record(stored_record(phone_id, raw), self._sealer, fingerprint_key)
+            except CorruptRecord:
+                invalid.append(phone_id)
+                continue
             except SealError:
                 report["failed"].append(phone_id)  # opens under no configured KEK: left as it is
                 continue
@@ -243,17 +384,28 @@ class KeyStore:
                 await self._announce(phone_id)
             else:
                 report["raced"].append(phone_id)
+        if invalid:
+            report["invalid"] = invalid
         return report
 
+    async def _reseal_fingerprint_key(self) -> bytes:
+        """The fingerprint key, re-sealed under the current KEK first if an older one sealed it."""
+        key = await self.fingerprint_key()
+        name = self._names.fingerprint_key
+        raw = await self._redis.get(name)
+        if raw is not None and self._sealer.needs_reseal(_text(raw)):
+            resealed = self._sealer.seal(FINGERPRINT_KEY_OWNER, base64.b64encode(key).decode())
+            await self._redis.eval(_COMPARE_AND_SET, 1, name, raw, resealed)
+        return key
+
     async def delete(self, phone_id: str) -> bool:
-        previous = await self.get_record(phone_id)
-        if previous is None:
+        existed, _, number = await self._previous(phone_id)
+        if not existed:
             return False
         pipe = self._redis.pipeline(transaction=False)
         pipe.delete(self._names.phone(phone_id))
         pipe.srem(self._names.phone_index, phone_id)
         await pipe.execute()
-        number = previous.get("config", {}).get("number")
         if number:
             await self._delete_number_if_owned(number, phone_id)
         await self._announce(phone_id, None, number)

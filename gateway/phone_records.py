@@ -14,23 +14,27 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 from nacl.signing import VerifyKey
 
 from gateway.errors import GatewayError
 from gateway.providers import Key, KeyKind, PhoneCredentials, Provider
 from gateway.providers.registry import CARRIERS
 from gateway.providers.spec import CredentialFields
-from gateway.sealing import Sealer
+from gateway.sealing import Sealer, SealError
 from gateway.secrets import fingerprint
 
-PHONE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
-E164_RE = re.compile(r"^\+[1-9][0-9]{1,14}$")  # ITU-T E.164: at most 15 digits
+# Always used with fullmatch: `$` also matches before a trailing newline ("abc\n" would pass).
+PHONE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
+E164_RE = re.compile(r"\+[1-9][0-9]{1,14}")  # ITU-T E.164: at most 15 digits
 # Exotel's ?token= is compared after URL decoding: characters that need escaping could never match.
-URL_TOKEN_RE = re.compile(r"^[A-Za-z0-9._~-]{16,256}$")
+URL_TOKEN_RE = re.compile(r"[A-Za-z0-9._~-]{16,256}")
 MAX_PREVIOUS_KEYS = 2  # current + 2 previous per kind: enough for overlapping rotations
 
 
@@ -38,10 +42,19 @@ class InvalidRecord(GatewayError, ValueError):
     """The admin body is invalid. Messages name fields, never echo values."""
 
 
+class CorruptRecord(GatewayError):
+    """A stored record is not one this module wrote for that key (not JSON, a field missing or
+    of the wrong type, or another phone's record copied here). Messages name fields, never values."""
+
+
 # Secret values that live in `config` rather than `credentials` (Exotel's webhook token), by field.
 SECRET_CONFIG: dict[str, KeyKind] = {
     name: kind for spec in CARRIERS.values() for name, kind in spec.credentials.secret_config.items()
 }
+# Every config field a phone may have: the rest is refused (it would be stored and echoed in plain text).
+CONFIG_FIELDS = frozenset({"number", "answer_template", "fallback_template", "answer_mode", "call_aware"}) | frozenset(
+    SECRET_CONFIG
+)
 PUBLIC_KEY_KINDS = frozenset({KeyKind.PUBLIC_KEY})
 TEMPLATE_MAX_CHARS = 16_384
 
@@ -56,8 +69,14 @@ def _decode_public_key(value: str) -> bytes:
     return raw
 
 
+def _field_name(name: str) -> str:
+    """A field name from a request, fit for a message: printable and at most 64 characters."""
+    shown = "".join(c if c.isprintable() else "?" for c in name[:64])
+    return shown + ("..." if len(name) > 64 else "")
+
+
 def validate_phone_id(phone_id: str) -> str:
-    if not PHONE_ID_RE.match(phone_id):
+    if not isinstance(phone_id, str) or not PHONE_ID_RE.fullmatch(phone_id):
         raise InvalidRecord("phone_id must be 1-128 characters of A-Z a-z 0-9 _ . : - (starting alphanumeric)")
     return phone_id
 
@@ -68,12 +87,15 @@ def build_record(
     sealer: Sealer,
     previous: Mapping[str, Any] | None,
     now: float,
+    fingerprint_key: bytes,
 ) -> dict[str, Any]:
     """Validate an admin PUT body and produce the stored record (secrets sealed).
 
     Rotation: `{"rotation": {"keep_previous_s": N}}` keeps the phone's current keys
     active for N more seconds when the new body brings different ones; without it
-    the new keys replace the old ones at once.
+    the new keys replace the old ones at once. Whether an old key is one of the new
+    ones is decided on the key itself, not on its fingerprint (fingerprints change
+    with the fingerprint key: docs/operations.md "Fingerprints").
     """
     validate_phone_id(phone_id)
     if not isinstance(body, dict):
@@ -113,8 +135,12 @@ def build_record(
             raise InvalidRecord("rotation.keep_previous_s must be an integer between 0 and 2592000")
         keep_previous_s = keep
 
+    unknown_config = set(config) - CONFIG_FIELDS
+    if unknown_config:
+        names = ", ".join(sorted(_field_name(name) for name in unknown_config))
+        raise InvalidRecord(f"unknown config fields: {names} (known: {', '.join(sorted(CONFIG_FIELDS))})")
     number = config.get("number")
-    if number is not None and (not isinstance(number, str) or not E164_RE.match(number)):
+    if number is not None and (not isinstance(number, str) or not E164_RE.fullmatch(number)):
         raise InvalidRecord("config.number must be an E.164 number such as +14155550100")
     for name in ("answer_template", "fallback_template"):
         template = config.get(name)
@@ -128,29 +154,29 @@ def build_record(
     if "call_aware" in config and not isinstance(config["call_aware"], bool):
         raise InvalidRecord("config.call_aware must be true or false")
     for name in SECRET_CONFIG:
-        if name in config and (not isinstance(config[name], str) or not URL_TOKEN_RE.match(config[name])):
+        if name in config and (not isinstance(config[name], str) or not URL_TOKEN_RE.fullmatch(config[name])):
             raise InvalidRecord(f"config.{name} must be 16-256 characters of A-Z a-z 0-9 . _ ~ -")
     for name in SECRET_CONFIG:
         if name in config and name not in spec.secret_config:
             raise InvalidRecord(f"config.{name} does not apply to {provider.value} phones")
 
     # New verification keys from this body.
-    new_keys: list[dict[str, Any]] = []
+    new_values: list[tuple[KeyKind, str]] = []
     for field_name, kind in spec.key_fields.items():
         value = credentials.get(field_name)
         if value is None:
             continue
-        new_keys.append(_key_entry(phone_id, kind, value, sealer, now))
+        new_values.append((kind, value))
     for field_name, kind in spec.secret_config.items():
         if field_name in config:
-            new_keys.append(_key_entry(phone_id, kind, config[field_name], sealer, now))
+            new_values.append((kind, config[field_name]))
+    new_keys = [_key_entry(phone_id, kind, value, sealer, now, fingerprint_key) for kind, value in new_values]
 
     keys = list(new_keys)
     if previous and keep_previous_s and previous.get("provider") == provider.value:
-        new_fps = {k["fingerprint"] for k in new_keys}
         kept: dict[str, int] = {}
         for old in previous.get("keys", []):
-            if old["fingerprint"] in new_fps:
+            if any(_same_key(phone_id, old, kind, value, sealer) for kind, value in new_values):
                 continue
             expires = old.get("expires_at")
             if expires is not None and expires <= now:
@@ -179,19 +205,34 @@ def build_record(
     }
 
 
-def _key_entry(phone_id: str, kind: KeyKind, value: str, sealer: Sealer, now: float) -> dict[str, Any]:
+def _same_key(phone_id: str, old: Mapping[str, Any], kind: KeyKind, value: str, sealer: Sealer) -> bool:
+    """Whether a stored key entry holds this key (compared on the key, in constant time)."""
+    if old.get("kind") != kind.value:
+        return False
+    if kind in PUBLIC_KEY_KINDS:
+        return hmac.compare_digest(str(old.get("public", "")).encode(), value.encode())
+    try:
+        material = sealer.open(phone_id, str(old.get("sealed", "")))
+    except SealError:
+        return False  # opens under no configured KEK: it verifies nothing here anyway
+    return hmac.compare_digest(material.encode(), value.encode())
+
+
+def _key_entry(
+    phone_id: str, kind: KeyKind, value: str, sealer: Sealer, now: float, fingerprint_key: bytes
+) -> dict[str, Any]:
     if kind in PUBLIC_KEY_KINDS:
         raw = _decode_public_key(value)
         return {
             "kind": kind.value,
-            "fingerprint": fingerprint(raw),
+            "fingerprint": fingerprint(raw, fingerprint_key),
             "public": value,
             "created_at": now,
             "expires_at": None,
         }
     return {
         "kind": kind.value,
-        "fingerprint": fingerprint(value.encode()),
+        "fingerprint": fingerprint(value.encode(), fingerprint_key),
         "sealed": sealer.seal(phone_id, value),
         "created_at": now,
         "expires_at": None,
@@ -254,8 +295,9 @@ def to_credentials(record: Mapping[str, Any], sealer: Sealer, now: float) -> Pho
     )
 
 
-def reseal_record(record: Mapping[str, Any], sealer: Sealer) -> dict[str, Any] | None:
-    """The record with every sealed value re-sealed under the current KEK, or None if none needed it.
+def reseal_record(record: Mapping[str, Any], sealer: Sealer, fingerprint_key: bytes | None) -> dict[str, Any] | None:
+    """The record with every sealed value re-sealed under the current KEK and every fingerprint
+    recomputed under the current fingerprint key (when given), or None if nothing needed it.
 
     Raises SealError when a value opens under no configured KEK (GATEWAY_KEK_PREVIOUS incomplete).
     """
@@ -263,9 +305,18 @@ def reseal_record(record: Mapping[str, Any], sealer: Sealer) -> dict[str, Any] |
     changed = False
     keys = []
     for entry in record.get("keys", []):
-        sealed = entry.get("sealed")
-        if sealed is not None and sealer.needs_reseal(sealed):
-            entry = {**entry, "sealed": sealer.seal(phone_id, sealer.open(phone_id, sealed))}
+        if KeyKind(entry["kind"]) in PUBLIC_KEY_KINDS:
+            material = base64.b64decode(entry["public"])
+        else:
+            sealed = entry["sealed"]
+            secret = sealer.open(phone_id, sealed)
+            material = secret.encode()
+            if sealer.needs_reseal(sealed):
+                entry = {**entry, "sealed": sealer.seal(phone_id, secret)}
+                changed = True
+        keyed = fingerprint(material, fingerprint_key) if fingerprint_key is not None else entry["fingerprint"]
+        if not hmac.compare_digest(entry["fingerprint"].encode(), keyed.encode()):
+            entry = {**entry, "fingerprint": keyed}
             changed = True
         keys.append(entry)
     other: dict[str, str] = {}
@@ -275,3 +326,64 @@ def reseal_record(record: Mapping[str, Any], sealer: Sealer) -> dict[str, Any] |
             changed = True
         other[name] = sealed
     return {**record, "keys": keys, "sealed": other} if changed else None
+
+
+def stored_record(phone_id: str, raw: bytes | str) -> dict[str, Any]:
+    """The record stored at `phone_id`'s key, checked to be one `build_record` wrote for that id.
+
+    Raises CorruptRecord otherwise: callers fail closed (a webhook is answered as for an unknown
+    phone) or skip and report it (list, reseal). In particular a record copied to another id's key
+    is refused: its secrets are sealed for its own id, and it would verify as that phone.
+    """
+    try:
+        record = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise CorruptRecord("not JSON") from None
+    if not isinstance(record, dict):
+        raise CorruptRecord("not a JSON object")
+    if record.get("phone_id") != phone_id:
+        raise CorruptRecord("phone_id differs from the id of its key")
+    if record.get("provider") not in _PROVIDERS:
+        raise CorruptRecord("provider missing or unknown")
+    for name in ("credentials", "sealed"):
+        value = record.get(name, {})
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise CorruptRecord(f"{name} is not an object of strings")
+    if not isinstance(record.get("config", {}), dict):
+        raise CorruptRecord("config is not an object")
+    keys = record.get("keys")
+    if not isinstance(keys, list):
+        raise CorruptRecord("keys missing or not a list")
+    for entry in keys:
+        _check_stored_key(entry)
+    for name in ("created_at", "updated_at"):
+        if name in record and not _is_time(record[name]):
+            raise CorruptRecord(f"{name} is not a number")
+    return record
+
+
+_PROVIDERS = frozenset(p.value for p in Provider)
+_KINDS = frozenset(k.value for k in KeyKind)
+
+
+def _is_time(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_stored_key(entry: Any) -> None:
+    if not isinstance(entry, dict) or entry.get("kind") not in _KINDS:
+        raise CorruptRecord("a key has no known kind")
+    if not isinstance(entry.get("fingerprint"), str):
+        raise CorruptRecord("a key has no fingerprint")
+    expires = entry.get("expires_at")
+    if expires is not None and not _is_time(expires):
+        raise CorruptRecord("a key's expires_at is not a number")
+    if KeyKind(entry["kind"]) in PUBLIC_KEY_KINDS:
+        try:
+            raw = base64.b64decode(str(entry.get("public")), validate=True)
+        except (binascii.Error, ValueError):
+            raise CorruptRecord("a public key is not base64") from None
+        if not isinstance(entry.get("public"), str) or len(raw) != 32:
+            raise CorruptRecord("a public key is not 32 bytes of base64")
+    elif not isinstance(entry.get("sealed"), str):
+        raise CorruptRecord("a secret key is not sealed")

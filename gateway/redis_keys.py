@@ -77,6 +77,11 @@ class KeyNames:
         return f"{self.prefix}:number:{number}"
 
     @property
+    def fingerprint_key(self) -> str:
+        """The deployment's fingerprint key (gateway/secrets.py), sealed under GATEWAY_KEK; created once (SET NX)."""
+        return f"{self.prefix}:fingerprint-key"
+
+    @property
     def changes_channel(self) -> str:
         return f"{self.prefix}:changes"
 

@@ -34,11 +34,18 @@ class Secret:
         raise TypeError("Secret values are not picklable")
 
 
-def fingerprint(material: bytes) -> str:
+FINGERPRINT_KEY_BYTES = 32
+
+
+def fingerprint(material: bytes, key: bytes) -> str:
     """A short, non-reversible identifier for a key: safe for logs, events and API answers.
 
-    Keyed BLAKE2b with a fixed personalisation, truncated to 8 bytes (16 hex chars):
-    enough to tell keys apart, far too short to help brute-force a 32+ character token.
+    BLAKE2b keyed with the deployment's fingerprint key (docs/operations.md "Fingerprints"),
+    truncated to 8 bytes (16 hex chars): enough to tell keys apart. Keyed, so a fingerprint seen
+    in an event, an answer or a log cannot be used to test guesses of a weak secret offline
+    without also holding the fingerprint key.
     """
-    digest = hashlib.blake2b(material, digest_size=8, person=b"gw-key-fp").hexdigest()
+    if len(key) != FINGERPRINT_KEY_BYTES:
+        raise ValueError("the fingerprint key must be 32 bytes")
+    digest = hashlib.blake2b(material, digest_size=8, key=key, person=b"gw-key-fp").hexdigest()
     return f"fp_{digest}"
