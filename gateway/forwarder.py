@@ -3,8 +3,14 @@
 The requests in flight are written by one call of a Lua script (one round trip) that,
 for each event in turn, atomically:
   1. rejects a nonce already used (replay),
-  2. answers "duplicate" for an idempotency key already forwarded,
-  3. XADDs the event, then records the nonce and the idempotency key with TTLs.
+  2. answers "duplicate" for an idempotency key, or signed content, already forwarded,
+  3. XADDs the event, then records the nonce, the idempotency key and the signed content
+     with TTLs.
+The signed content is the verifier's `Verified.signed_digest`: a digest of the exact bytes
+the signature covered. Its key (`<stream tag>:signed:<phone>:<hex digest>`, kept for the
+idempotency TTL) catches a copy whose parameters were regrouped so that the signed string
+is unchanged (a new idempotency key, the same signature), and is the only identity of an
+event that has no idempotency key (Twilio without CallSid, Telnyx without data.id).
 Each event's XADD is its first write, so a failure (OOM, read-only replica) leaves
 nothing half-written, and is that event's own error: every request learns its own
 outcome and is answered only after it, so the per-request Redis cost is amortised
@@ -41,43 +47,45 @@ from redis.asyncio import Redis
 from gateway import metrics
 from gateway.errors import NotReplicated, Unavailable
 from gateway.redis_errors import OUTAGES
-from gateway.redis_keys import KeyNames
+from gateway.redis_keys import KeyNames, stream_tag
 from gateway.tasks import stop_task
 
 log = logging.getLogger("gateway.forwarder")
 
-# KEYS: the stream, then for event i its nonce key (KEYS[2i]) and idempotency key (KEYS[2i+1]),
-# the placeholder key when it has none. ARGV: nonce TTL, idempotency TTL, MAXLEN ('0': none),
-# the placeholder key's name, then event i as ARGV[4+i]. Returns one {outcome, id} per event;
-# outcome 'error' carries the Redis error of that event's first write (redis.pcall).
-# Call-aware batches (any event with a CallCheck) append, for event i, KEYS[1+2n+3(i-1)+1..3]
-# (call state hash, timeline, held list; placeholders without a check) and ARGV[4+n+i], its
+# KEYS: the stream, then for event i its nonce key (KEYS[3i-1]), idempotency key (KEYS[3i]) and
+# signed-content key (KEYS[3i+1]), the placeholder key when it has none. ARGV: nonce TTL,
+# idempotency TTL, MAXLEN ('0': none), the placeholder key's name, the number of events n, then
+# event i as ARGV[5+i].
+# Returns one {outcome, id} per event (a duplicate: the first acceptance's id); outcome 'error'
+# carries the Redis error of that event's first write (redis.pcall).
+# Call-aware batches (any event with a CallCheck) append, for event i, KEYS[1+3n+3(i-1)+1..3]
+# (call state hash, timeline, held list; placeholders without a check) and ARGV[5+n+i], its
 # spec: phase, status, now, window, late, TTL, max held (tab separated; '' without a check).
-# So #ARGV == 4 + n and #KEYS == 1 + 2n without checks, #ARGV == 4 + 2n and #KEYS == 1 + 5n with.
+# So #ARGV == 5 + n and #KEYS == 1 + 3n without checks, #ARGV == 5 + 2n and #KEYS == 1 + 6n with.
 # Phases (gateway/providers/spec.py): 'a' answers the call, 'e' ends it, 's' is any other status.
 FORWARD_SCRIPT = """
 local stream, nonce_ttl, idem_ttl, maxlen, unused = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local n = #ARGV - 4
-local calls = #KEYS ~= 1 + 2 * n
-if calls then n = n / 2 end
+local n = tonumber(ARGV[5])
+local calls = #ARGV ~= 5 + n
 local function xadd(event)
   if maxlen ~= '0' then
     return redis.pcall('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'event', event)
   end
   return redis.pcall('XADD', stream, '*', 'event', event)
 end
-local function remember(nonce_key, idem_key, id)
+local function remember(nonce_key, idem_key, signed_key, id)
   if nonce_key ~= unused then redis.call('SET', nonce_key, '1', 'EX', nonce_ttl) end
   if idem_key ~= unused then redis.call('SET', idem_key, id, 'EX', idem_ttl) end
+  if signed_key ~= unused then redis.call('SET', signed_key, id, 'EX', idem_ttl) end
 end
 -- The call-aware section: event i's CallCheck (gateway/calls.py states the rules,
 -- docs/answers-and-forwards.md explains them).
-local function call_event(i, spec, event, nonce_key, idem_key)
+local function call_event(i, spec, event, nonce_key, idem_key, signed_key)
   local f = {}
   for field in string.gmatch(spec, '[^\t]+') do f[#f + 1] = field end
   local phase, status, at = f[1], f[2], f[3]
   local now, window, late, ttl, max_held = tonumber(f[3]), tonumber(f[4]), tonumber(f[5]), f[6], tonumber(f[7])
-  local base = 1 + 2 * n + 3 * (i - 1)
+  local base = 1 + 3 * n + 3 * (i - 1)
   local state_key, timeline_key, held_key = KEYS[base + 1], KEYS[base + 2], KEYS[base + 3]
   local state = redis.call('HMGET', state_key, 'answered', 'ended', 'held_since')
   local function note(result)  -- the call's timeline is forensic: never fails the event
@@ -104,13 +112,13 @@ local function call_event(i, spec, event, nonce_key, idem_key)
     if not state[3] then redis.call('HSET', state_key, 'held_since', at) end
     if phase == 'e' then redis.call('HSET', state_key, 'held_end', at, 'held_end_status', status) end
     redis.call('EXPIRE', state_key, ttl)
-    remember(nonce_key, idem_key, 'held')
+    remember(nonce_key, idem_key, signed_key, 'held')
     note('held')
     return {'held', ''}
   end
   local id = xadd(event)
   if type(id) == 'table' then return {'error', id.err} end
-  remember(nonce_key, idem_key, id)
+  remember(nonce_key, idem_key, signed_key, id)
   local released = 0
   if phase == 'a' and not state[1] then
     redis.call('HSET', state_key, 'answered', at)
@@ -136,23 +144,24 @@ local function call_event(i, spec, event, nonce_key, idem_key)
 end
 local out = {}
 for i = 1, n do
-  local nonce_key, idem_key = KEYS[2 * i], KEYS[2 * i + 1]
-  local has_nonce, has_idem = nonce_key ~= unused, idem_key ~= unused
+  local nonce_key, idem_key, signed_key = KEYS[3 * i - 1], KEYS[3 * i], KEYS[3 * i + 1]
+  local has_nonce = nonce_key ~= unused
   if has_nonce and redis.call('EXISTS', nonce_key) == 1 then
     out[i] = {'replay', ''}
   else
-    local previous = has_idem and redis.call('GET', idem_key)
+    local previous = idem_key ~= unused and redis.call('GET', idem_key)
+    if not previous and signed_key ~= unused then previous = redis.call('GET', signed_key) end
     if previous then
       if has_nonce then redis.call('SET', nonce_key, '1', 'EX', nonce_ttl) end
       out[i] = {'duplicate', previous}
-    elseif calls and ARGV[4 + n + i] ~= '' then
-      out[i] = call_event(i, ARGV[4 + n + i], ARGV[4 + i], nonce_key, idem_key)
+    elseif calls and ARGV[5 + n + i] ~= '' then
+      out[i] = call_event(i, ARGV[5 + n + i], ARGV[5 + i], nonce_key, idem_key, signed_key)
     else
-      local id = xadd(ARGV[4 + i])
+      local id = xadd(ARGV[5 + i])
       if type(id) == 'table' then
         out[i] = {'error', id.err}
       else
-        remember(nonce_key, idem_key, id)
+        remember(nonce_key, idem_key, signed_key, id)
         out[i] = {'forwarded', id}
       end
     end
@@ -169,7 +178,7 @@ OUTAGE_OR_NOT_REPLICATED: tuple[type[BaseException], ...] = (*OUTAGES, NotReplic
 @dataclass(frozen=True, slots=True)
 class CallCheck:
     """The call-aware input of one event of the script (gateway/calls.py builds it): for event i
-    of n, KEYS[1+2n+3(i-1)+1..3] and ARGV[4+n+i] (the layout above FORWARD_SCRIPT)."""
+    of n, KEYS[1+3n+3(i-1)+1..3] and ARGV[5+n+i] (the layout above FORWARD_SCRIPT)."""
 
     provider: str  # metric label (call-aware events released into the stream)
     keys: tuple[str, str, str]  # state hash, timeline list, held list: KeyNames.call_keys (the stream's slot)
@@ -193,6 +202,7 @@ class _Pending:
     idempotency_key: str | None
     future: asyncio.Future[tuple[Outcome, str]] = field(repr=False)
     call: CallCheck | None = None
+    signed: bytes | None = None  # Verified.signed_digest: the event's identity by signed content
 
 
 class Forwarder:
@@ -216,6 +226,7 @@ class Forwarder:
     ) -> None:
         self._redis = redis
         self._names = names
+        self._signed_prefix = f"{stream_tag(names.stream)}:signed:"  # + phone id + ":" + hex digest
         self._nonce_ttl = str(nonce_ttl_s)
         self._idem_ttl = str(idempotency_ttl_s)
         self._maxlen = str(stream_maxlen)
@@ -253,10 +264,14 @@ class Forwarder:
         nonce: str | None,
         idempotency_key: str | None,
         call: CallCheck | None = None,
+        signed: bytes | None = None,
     ) -> tuple[Outcome, str]:
-        """(outcome, stream entry id). Raises Unavailable when Redis cannot confirm the write."""
+        """(outcome, stream entry id). Raises Unavailable when Redis cannot confirm the write.
+
+        `signed`: the digest of the signed content (Verified.signed_digest), or None when
+        nothing is signed. For a duplicate, the entry id is that of the first acceptance."""
         future: asyncio.Future[tuple[Outcome, str]] = (self._loop or asyncio.get_running_loop()).create_future()
-        self._queue.append(_Pending(phone_id, event, nonce, idempotency_key, future, call))
+        self._queue.append(_Pending(phone_id, event, nonce, idempotency_key, future, call, signed))
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -296,13 +311,15 @@ class Forwarder:
         """EVALSHA of FORWARD_SCRIPT for the whole batch."""
         names = self._names
         unused = names.unused
+        signed_prefix = self._signed_prefix
         keys: list[Any] = [names.stream]
         events: list[bytes] = []
         for item in batch:
             keys.append(names.nonce(item.phone_id, item.nonce) if item.nonce else unused)
             keys.append(names.idempotency(item.phone_id, item.idempotency_key) if item.idempotency_key else unused)
+            keys.append(f"{signed_prefix}{item.phone_id}:{item.signed.hex()}" if item.signed is not None else unused)
             events.append(item.event)
-        settings = [self._nonce_ttl, self._idem_ttl, self._maxlen, unused]
+        settings = [self._nonce_ttl, self._idem_ttl, self._maxlen, unused, len(batch)]
         if any(item.call is not None for item in batch):
             specs: list[str] = []
             for item in batch:

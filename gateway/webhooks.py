@@ -263,7 +263,12 @@ class WebhookHandler:
             )
             call = self._calls.check(provider, route.kind, creds, inbound, now) if self._calls is not None else None
             result, _entry_id = await self._forwarder.forward(
-                creds.phone_id, event, nonce=verified.nonce, idempotency_key=idempotency_key, call=call
+                creds.phone_id,
+                event,
+                nonce=verified.nonce,
+                idempotency_key=idempotency_key,
+                call=call,
+                signed=verified.signed_digest,
             )
         except Rejected as rejection:
             if rejection.reason is Reason.INVALID_SIGNATURE and self._explain is not None:

@@ -81,6 +81,21 @@ class Verified:
 
     key_fingerprint: str | None  # which key verified it (None: Exotel IP-only)
     nonce: str | None = None  # single-use value to remember (Plivo/Vobiz V3 nonce)
+    # The event's identity by content: a digest of the exact bytes the signature covered
+    # (`signed_digest()`), so a copy, a carrier's identical retry or a re-split of the same
+    # signed string is recognised as the event already accepted. None: nothing is signed (Exotel).
+    signed_digest: bytes | None = None
+
+
+def signed_digest(*parts: bytes) -> bytes:
+    """16-byte BLAKE2b of the signed bytes (several parts: each length-prefixed, so boundaries count)."""
+    if len(parts) == 1:
+        return hashlib.blake2b(parts[0], digest_size=16).digest()
+    digest = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    return digest.digest()
 
 
 class Verifier(Protocol):

@@ -23,7 +23,16 @@ from urllib.parse import urlparse, urlunparse
 
 from gateway.errors import Reason, Rejected
 from gateway.inbound import InboundRequest, parse_pairs, wire_text
-from gateway.providers import KeyKind, PhoneCredentials, Provider, RouteFamily, Verified, params_digest, quote_part
+from gateway.providers import (
+    KeyKind,
+    PhoneCredentials,
+    Provider,
+    RouteFamily,
+    Verified,
+    params_digest,
+    quote_part,
+    signed_digest,
+)
 from gateway.providers.spec import (
     AnswerRules,
     CallEvent,
@@ -137,6 +146,9 @@ class V3Scheme:
     key_kind: KeyKind
     message: Callable[[InboundRequest, str], bytes]  # (request, nonce) -> the signed bytes
     split_signatures: bool  # Plivo sends several comma-separated signatures in one header
+    # False when the message leaves the query and body out (Vobiz's own header): the event's
+    # content identity then also takes the raw query and body, so other content is other content.
+    covers_content: bool = True
 
 
 def _plivo_message(inbound: InboundRequest, nonce: str) -> bytes:
@@ -232,7 +244,11 @@ class PlivoVerifier:
             for candidate in candidates:
                 matched |= hmac.compare_digest(expected, candidate)
             if matched:
-                return Verified(key_fingerprint=key.fingerprint, nonce=nonce)
+                if scheme.covers_content:
+                    digest = signed_digest(message)
+                else:
+                    digest = signed_digest(message, inbound.query_string.encode("latin-1", "replace"), inbound.body)
+                return Verified(key_fingerprint=key.fingerprint, nonce=nonce, signed_digest=digest)
         return Reason.INVALID_SIGNATURE
 
 

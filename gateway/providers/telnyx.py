@@ -24,7 +24,7 @@ from nacl.signing import SigningKey, VerifyKey
 
 from gateway.errors import Reason, Rejected
 from gateway.inbound import InboundRequest
-from gateway.providers import Key, KeyKind, PhoneCredentials, Provider, RouteFamily, Verified
+from gateway.providers import Key, KeyKind, PhoneCredentials, Provider, RouteFamily, Verified, signed_digest
 from gateway.providers.spec import (
     ANSWER,
     END,
@@ -107,7 +107,7 @@ class TelnyxVerifier:
                 verifier.verify(message, raw_signature)
             except (nacl.exceptions.CryptoError, ValueError, TypeError):  # BadSignatureError is a CryptoError
                 continue
-            return Verified(key_fingerprint=key.fingerprint)
+            return Verified(key_fingerprint=key.fingerprint, signed_digest=signed_digest(message))
         raise Rejected(Reason.INVALID_SIGNATURE, "no active public key verifies the signature")
 
 

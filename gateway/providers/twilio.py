@@ -21,7 +21,17 @@ from urllib.parse import ParseResult, urlparse
 
 from gateway.errors import Reason, Rejected
 from gateway.inbound import InboundRequest, wire_text
-from gateway.providers import Key, KeyKind, PhoneCredentials, Provider, RouteFamily, Verified, params_digest, quote_part
+from gateway.providers import (
+    Key,
+    KeyKind,
+    PhoneCredentials,
+    Provider,
+    RouteFamily,
+    Verified,
+    params_digest,
+    quote_part,
+    signed_digest,
+)
 from gateway.providers.spec import (
     AnswerRules,
     BodyHashParam,
@@ -167,11 +177,12 @@ class TwilioVerifier:
         messages = [(variant + suffix).encode("utf-8", "surrogatepass") for variant in variants]
 
         for key in creds.active_keys(kind, now):
-            matched = False
-            for message in messages:
-                matched |= hmac.compare_digest(_b64_hmac(key.material, message, digest), presented)
-            if matched:
-                return Verified(key_fingerprint=key.fingerprint)
+            matched: bytes | None = None
+            for message in messages:  # both variants, always: no early exit
+                if hmac.compare_digest(_b64_hmac(key.material, message, digest), presented):
+                    matched = message
+            if matched is not None:
+                return Verified(key_fingerprint=key.fingerprint, signed_digest=signed_digest(matched))
         raise Rejected(Reason.INVALID_SIGNATURE, f"no active {kind} key matches")
 
 

@@ -40,8 +40,10 @@ def _vobiz_message(inbound: InboundRequest, nonce: str) -> bytes:
 # with the Vobiz token; Vobiz's own header is accepted as well.
 VOBIZ_SCHEMES = (
     *PLIVO_SCHEMES,
-    V3Scheme(SIGNATURE_HEADER, NONCE_HEADER, KeyKind.AUTH_TOKEN, _vobiz_message, False),
-    V3Scheme("x-vobiz-signature-ma-v3", NONCE_HEADER, KeyKind.MAIN_AUTH_TOKEN, _vobiz_message, False),
+    V3Scheme(SIGNATURE_HEADER, NONCE_HEADER, KeyKind.AUTH_TOKEN, _vobiz_message, False, covers_content=False),
+    V3Scheme(
+        "x-vobiz-signature-ma-v3", NONCE_HEADER, KeyKind.MAIN_AUTH_TOKEN, _vobiz_message, False, covers_content=False
+    ),
 )
 
 

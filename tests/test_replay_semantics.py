@@ -1,0 +1,140 @@
+"""Replays and duplicates yield nothing new (issue 14, items 1, 2, 3 and 5).
+
+Real gateway behind a real socket, real Redis. Each test sends one validly signed request,
+then a copy changed in exactly one way, and checks the answer and that nothing new reached
+the stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+import pytest
+import redis
+
+from gateway.providers import plivo, twilio
+from tests.helpers.builders import (
+    new_token,
+    plivo_params,
+    plivo_phone,
+    plivo_request,
+    telnyx_event,
+    telnyx_phone,
+    telnyx_request,
+    telnyx_seed,
+    twilio_json_request,
+    twilio_params,
+    twilio_phone,
+    twilio_request,
+)
+from tests.helpers.support import Clock, RunningGateway, make_settings, random_id, run_gateway, send_as_carrier
+
+STREAM = "gateway:events"
+NOW = 1_900_000_000.0
+
+
+@pytest.fixture(scope="module")
+def clock() -> Clock:
+    return Clock(NOW)
+
+
+@pytest.fixture(scope="module")
+def gw(redis_server: str, clock: Clock) -> Iterator[RunningGateway]:
+    with run_gateway(make_settings(redis_server), clock=clock) as running:
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def _fresh(redis_url: str, clock: Clock) -> None:
+    clock.now = NOW  # redis_url flushed the database
+
+
+def stream_length(redis_sync: redis.Redis) -> int:
+    return int(redis_sync.xlen(STREAM))
+
+
+def resplit(request: dict[str, Any], params: list[tuple[str, str]]) -> dict[str, Any]:
+    """The same request (same signature headers) with another form body."""
+    return {**request, "body": urlencode(params)}
+
+
+def merged_twilio_params(params: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """CallStatus folded into CallSid: Twilio signs name+value concatenations, so the signed string is unchanged."""
+    values = dict(params)
+    merged = [(n, v) for n, v in params if n not in ("CallSid", "CallStatus")]
+    merged.append(("CallSid", f"{values['CallSid']}CallStatus{values['CallStatus']}"))
+    return merged
+
+
+# ---- item 3: duplicates are detected on the signed content -----------------------------------
+
+
+def test_a_resplit_twilio_copy_is_a_duplicate_not_a_second_event(gw: RunningGateway, redis_sync: redis.Redis) -> None:
+    phone_id, token = random_id(), new_token()
+    gw.put_phone(twilio_phone(phone_id, token))
+    params = twilio_params(status="completed")
+    request = twilio_request(token, phone_id, params=params)
+    assert send_as_carrier(gw, request).status_code == 200
+    copy = resplit(request, merged_twilio_params(params))
+    url = request["url"]
+    assert twilio.string_to_sign(url, params) == twilio.string_to_sign(url, merged_twilio_params(params))
+    assert send_as_carrier(gw, copy).status_code == 200  # answered as the duplicate it is
+    assert stream_length(redis_sync) == 1  # not forwarded again under its new idempotency key
+
+
+def test_a_resplit_plivo_copy_after_its_nonce_expired_is_a_duplicate(
+    gw: RunningGateway, redis_sync: redis.Redis
+) -> None:
+    phone_id, token = random_id(), new_token()
+    gw.put_phone(plivo_phone(phone_id, token))
+    params = plivo_params(status="completed")
+    request = plivo_request(token, phone_id, params=params)
+    assert send_as_carrier(gw, request).status_code == 200
+    for key in redis_sync.scan_iter(match="*:nonce:*"):  # the nonce window is over
+        redis_sync.delete(key)
+    values = dict(params)
+    # Plivo sorts the names: CallStatus, then CallUUID. Folded into one value, the call id is gone.
+    merged = [(n, v) for n, v in params if n not in ("CallStatus", "CallUUID")]
+    merged.append(("CallStatus", f"{values['CallStatus']}CallUUID{values['CallUUID']}"))
+    url = request["url"]
+    nonce = request["headers"]["X-Plivo-Signature-V3-Nonce"]
+    assert plivo.v3_string_to_sign("POST", url, params, nonce) == plivo.v3_string_to_sign("POST", url, merged, nonce)
+    assert send_as_carrier(gw, resplit(request, merged)).status_code == 200
+    assert stream_length(redis_sync) == 1
+
+
+def test_a_twilio_event_without_callsid_is_forwarded_once(gw: RunningGateway, redis_sync: redis.Redis) -> None:
+    phone_id, token = random_id(), new_token()
+    gw.put_phone(twilio_phone(phone_id, token))
+    request = twilio_json_request(token, phone_id, {"EventType": "recording", "RecordingSid": "RE" + "1" * 32})
+    assert send_as_carrier(gw, request).status_code == 200
+    assert send_as_carrier(gw, request).status_code == 200  # a copy: answered, not forwarded
+    assert stream_length(redis_sync) == 1
+    entries: Any = redis_sync.xrange(STREAM)
+    events = [orjson.loads(fields[b"event"]) for _id, fields in entries]
+    assert events[0]["idempotency_key"] is None  # the envelope is unchanged: the identity is internal
+
+
+def test_a_telnyx_event_without_data_id_is_forwarded_once(gw: RunningGateway, redis_sync: redis.Redis) -> None:
+    phone_id, seed = random_id(), telnyx_seed()
+    gw.put_phone(telnyx_phone(phone_id, seed))
+    event = telnyx_event()
+    del event["data"]["id"]
+    request = telnyx_request(seed, phone_id, now=NOW, body=event)
+    assert send_as_carrier(gw, request).status_code == 200
+    assert send_as_carrier(gw, request).status_code == 200
+    assert stream_length(redis_sync) == 1
+
+
+def test_other_signed_content_without_a_key_is_another_event(gw: RunningGateway, redis_sync: redis.Redis) -> None:
+    """The positive control: the signed-content identity does not merge different events."""
+    phone_id, seed = random_id(), telnyx_seed()
+    gw.put_phone(telnyx_phone(phone_id, seed))
+    for _ in range(2):
+        event = telnyx_event()
+        del event["data"]["id"]
+        assert send_as_carrier(gw, telnyx_request(seed, phone_id, now=NOW, body=event)).status_code == 200
+    assert stream_length(redis_sync) == 2
