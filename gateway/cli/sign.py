@@ -102,6 +102,15 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
 
+class SecretRefused(argparse.Action):
+    """`--token VALUE`/`--seed VALUE`: refused without echoing VALUE (argparse's own error would)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any, **__: Any) -> None:
+        parser.error(
+            f"{self.option_strings[0]} is not accepted: secrets never come from the command line; use {self.help}"
+        )
+
+
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "sign",
@@ -133,6 +142,8 @@ def add_parser(sub: Any) -> None:
     source.add_argument(
         "--seed-env", metavar="VAR", help="environment variable holding the Telnyx Ed25519 seed (base64)"
     )
+    p.add_argument("--token", nargs="?", action=SecretRefused, help="--token-env VAR or --phone ID")
+    p.add_argument("--seed", nargs="?", action=SecretRefused, help="--seed-env VAR")
     p.add_argument("--format", choices=["curl", "http"], default="curl")
     p.add_argument(
         "--target", metavar="URL", help="send to scheme://host[:port] instead (adds X-Forwarded-Proto/-Host)"

@@ -363,3 +363,21 @@ def test_exotel_output_warns_that_it_carries_the_token(
     assert f"token={record['token']}".encode() in out
     assert "keep this output private" in err
     assert "EXOTEL_ALLOWED_IPS" in err
+
+
+@pytest.mark.parametrize("option", ["--token", "--seed"])
+@pytest.mark.parametrize("joined", [False, True])
+def test_a_secret_on_the_command_line_is_refused_without_echoing_it(option: str, joined: bool) -> None:
+    value = "cli-secret-" + secrets.token_hex(8)
+    given = [f"{option}={value}"] if joined else [option, value]
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "sign", "--url", "https://hooks.example.com/plivo/status/ph_1", *given],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert f"{option} is not accepted: secrets never come from the command line" in result.stderr
+    assert value not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
