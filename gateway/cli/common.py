@@ -58,11 +58,19 @@ class DevelopmentMode:
         return self.kek_file.read_text().strip() if self.kek_file.exists() else None
 
     def keep_new_kek(self) -> None:
-        """Generate the development KEK unless there is one (mode 600, so sealed tokens reopen after a restart)."""
-        if not self.kek_file.exists():
-            self.kek_file.parent.mkdir(parents=True, exist_ok=True)
-            self.kek_file.write_text(generate_key())
-            self.kek_file.chmod(0o600)
+        """Generate the development KEK unless there is one, kept so sealed tokens reopen after a restart.
+
+        The file is created with mode 600 by open(2) itself (O_CREAT|O_EXCL): no moment with the
+        umask's permissions between creating it and restricting it, and two commands racing to
+        create it cannot both write one (the loser keeps the winner's).
+        """
+        self.kek_file.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(self.kek_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except FileExistsError:
+            return
+        with os.fdopen(fd, "w") as file:
+            file.write(generate_key())
 
 
 def development_mode() -> DevelopmentMode:
