@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from gateway.errors import GatewayError
 from gateway.providers.allowlist import Allowlist
@@ -234,8 +234,15 @@ def parse_key32(name: str, raw: str) -> bytes:
     raise SettingsError(f"{name} must be 32 random bytes as 64 hex characters or base64 (generate: gateway genkey)")
 
 
+def _urlsplit(name: str, raw: str) -> SplitResult:
+    try:
+        return urlsplit(raw.strip())
+    except ValueError:  # e.g. an unbalanced '['
+        raise SettingsError(f"{name} is not a valid URL") from None
+
+
 def parse_public_base(name: str, raw: str) -> PublicBase:
-    parts = urlsplit(raw.strip())
+    parts = _urlsplit(name, raw)
     if parts.scheme not in {"http", "https"} or not parts.netloc or parts.query or parts.fragment:
         raise SettingsError(
             f"{name} has value {raw!r}: expected scheme://host[:port][/prefix], e.g. https://hooks.example.com"
@@ -252,6 +259,8 @@ def _read_template(name: str, raw: str) -> str:
             return Path(raw[1:]).read_text(encoding="utf-8")
         except OSError as exc:
             raise SettingsError(f"{name}: cannot read template file {raw[1:]!r}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise SettingsError(f"{name}: template file {raw[1:]!r} is not UTF-8") from None
     return raw
 
 
@@ -405,7 +414,7 @@ def _parse_answers_and_forwards(get: Callable[[str], str | None], kwargs: dict[s
             )
         kwargs["dispatch_timeout_s"] = timeout
     if (raw := get("GATEWAY_DISPATCH_URL")) is not None:
-        parts = urlsplit(raw.strip())
+        parts = _urlsplit("GATEWAY_DISPATCH_URL", raw)
         if parts.scheme not in {"http", "https"} or not parts.netloc or parts.fragment:
             raise SettingsError(f"GATEWAY_DISPATCH_URL has value {raw!r}: expected http(s)://host[:port]/path")
         if "@" in parts.netloc:
@@ -460,14 +469,24 @@ def _check_redis_topology(get: Callable[[str], str | None], kwargs: dict[str, An
             )
 
 
-def from_env(environ: Mapping[str, str] | None = None, toml_path: Path | None = None) -> Settings:
-    """Build and validate Settings. Raises SettingsError naming the first bad variable."""
-    env = dict(os.environ if environ is None else environ)
+def configured(environ: Mapping[str, str] | None = None, toml_path: Path | None = None) -> dict[str, str]:
+    """Every setting as configured: the TOML file's `[gateway]` table, then the environment over it.
+
+    The file is `toml_path`, else GATEWAY_CONFIG, else config/gateway.toml in the working
+    directory when it exists. Values are raw (not validated); unknown names are dropped.
+    """
+    env = os.environ if environ is None else environ
     path = toml_path or (Path(env["GATEWAY_CONFIG"]) if env.get("GATEWAY_CONFIG") else None)
     if path is None and DEFAULT_TOML.is_file():
         path = DEFAULT_TOML
     values: dict[str, str] = load_toml(path) if path is not None else {}
     values.update({k: v for k, v in env.items() if k in KNOWN_NAMES})
+    return values
+
+
+def from_env(environ: Mapping[str, str] | None = None, toml_path: Path | None = None) -> Settings:
+    """Build and validate Settings (`configured()`). Raises SettingsError naming the first bad variable."""
+    values = configured(environ, toml_path)
 
     def get(name: str) -> str | None:
         value = values.get(name)
@@ -485,10 +504,7 @@ def from_env(environ: Mapping[str, str] | None = None, toml_path: Path | None = 
 
     kwargs: dict[str, Any] = {"kek": kek, "kek_previous": previous}
     if (url := get("GATEWAY_REDIS_URL")) is not None:
-        scheme = urlsplit(url).scheme
-        if scheme not in {"redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel"}:
-            raise SettingsError("GATEWAY_REDIS_URL must start with redis://, rediss://, unix:// or redis+sentinel://")
-        kwargs["redis_url"] = url
+        kwargs["redis_url"] = url  # validated with GATEWAY_REDIS_CLUSTER (never echoed: it may hold a password)
     if (raw := get("GATEWAY_REDIS_CLUSTER")) is not None:
         kwargs["redis_cluster"] = _parse_bool("GATEWAY_REDIS_CLUSTER", raw)
     _check_redis_topology(get, kwargs)
@@ -565,6 +581,7 @@ def from_env(environ: Mapping[str, str] | None = None, toml_path: Path | None = 
     settings = Settings(**kwargs)
     if settings.admin_port is not None and settings.admin_port == settings.port:
         raise SettingsError("GATEWAY_ADMIN_PORT must differ from GATEWAY_PORT")
+    settings.verifier_options()  # a missing or invalid allowlist file is a start-up error of every command
     return settings
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.settings import SettingsError, from_env
+from gateway.settings import SettingsError, configured, from_env
 from tests.helpers.support import KEK
 
 BASE = {"GATEWAY_KEK": KEK}
@@ -37,6 +37,10 @@ def test_defaults() -> None:
         ("GATEWAY_ACCESS_LOG", "sometimes"),
         ("GATEWAY_HEAD_TIMEOUT_S", "0"),
         ("GATEWAY_BODY_TIMEOUT_S", "soon"),
+        ("GATEWAY_REDIS_URL", "redis://redis:63790x/0"),  # was accepted, then a traceback in redis-py
+        ("GATEWAY_REDIS_URL", "redis://[2001:db8::1/0"),  # urllib's ValueError
+        ("GATEWAY_PUBLIC_BASE_URL", "https://[2001:db8::1/"),
+        ("GATEWAY_EXOTEL_ALLOWED_IPS_FILE", "/nonexistent/exotel_allowed_ips.txt"),
     ],
 )
 def test_invalid_value_names_the_variable(name: str, value: str) -> None:
@@ -112,3 +116,20 @@ def test_public_base_url_parsed() -> None:
         "hooks.example.com:8443",
         "/edge",
     )
+
+
+def test_an_invalid_allowlist_file_is_refused_by_from_env(tmp_path: Path) -> None:
+    """Every command builds its settings with from_env: a bad file stops them all, not only the app."""
+    path = tmp_path / "allowlist.txt"
+    path.write_text("203.0.113.0/24\n")  # no region, source or date
+    with pytest.raises(SettingsError, match="GATEWAY_EXOTEL_ALLOWED_IPS_FILE"):
+        from_env({**BASE, "GATEWAY_EXOTEL_ALLOWED_IPS_FILE": str(path)}, toml_path=None)
+    path.write_text("203.0.113.0/24, test, https://example.com/exotel, 2024-01-01\n")
+    assert from_env({**BASE, "GATEWAY_EXOTEL_ALLOWED_IPS_FILE": str(path)}, toml_path=None)
+
+
+def test_configured_merges_the_toml_file_under_the_environment(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_text('[gateway]\nGATEWAY_REDIS_URL = "redis://192.0.2.1:6379/0"\nGATEWAY_STREAM = "from:toml"\n')
+    values = configured({"GATEWAY_CONFIG": str(path), "GATEWAY_STREAM": "from:env", "HOME": "/x"})
+    assert values == {"GATEWAY_REDIS_URL": "redis://192.0.2.1:6379/0", "GATEWAY_STREAM": "from:env"}

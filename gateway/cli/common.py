@@ -1,6 +1,8 @@
 """What the commands share: settings resolution, development-mode discovery, the key store, printing.
 
-Development mode (`gateway serve` with GATEWAY_REDIS_URL unset) keeps its state under one
+Settings come from the environment over config/gateway.toml (or the file GATEWAY_CONFIG
+names). Development mode supplies GATEWAY_REDIS_URL and GATEWAY_KEK only where neither
+source sets them (`development_needed()`), and keeps its state under one
 directory (GATEWAY_EMBEDDED_DIR, default .gateway): the embedded server's data and unix
 socket in redis/, the development KEK in kek. The other commands find that server and
 KEK through `development_mode()`, with the socket's absolute path (a relative one would
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ from gateway.random_ids import new_key
 from gateway.redis_client import connect
 from gateway.redis_keys import KeyNames
 from gateway.sealing import Sealer
-from gateway.settings import Settings, SettingsError, from_env
+from gateway.settings import Settings, SettingsError, configured, from_env
 
 STARTUP_FAILURE = 3
 EMBEDDED_DIR = Path(os.environ.get("GATEWAY_EMBEDDED_DIR", ".gateway"))
@@ -83,20 +85,35 @@ def generate_key() -> str:
     return new_key()
 
 
-def cli_settings(*, kek_required: bool = True) -> Settings:
-    """The gateway's settings from the environment, in development mode completed from `development_mode()`.
+def development_needed(env: Mapping[str, str]) -> frozenset[str]:
+    """Which of GATEWAY_REDIS_URL and GATEWAY_KEK NEITHER the environment NOR the TOML file sets.
 
+    Development mode supplies exactly these (the embedded server, the kept KEK); a value from
+    config/gateway.toml (or GATEWAY_CONFIG) counts as set. SettingsError for an unreadable or
+    invalid TOML file.
+    """
+    values = configured(env)
+    return frozenset(name for name in ("GATEWAY_REDIS_URL", "GATEWAY_KEK") if not values.get(name))
+
+
+def cli_settings(*, kek_required: bool = True) -> Settings:
+    """The gateway's settings for a command: the environment over the TOML file, else development mode.
+
+    Settings come from `configured()` (config/gateway.toml or GATEWAY_CONFIG, the environment
+    winning). Development mode completes them only where NEITHER source sets a value:
+    GATEWAY_REDIS_URL from the embedded server running here, GATEWAY_KEK from its kept KEK.
     kek_required False: without GATEWAY_KEK a throwaway KEK stands in, never used (a command that
     opens no phone record).
     """
     env = dict(os.environ)
+    missing = development_needed(env)
     development = development_mode()
-    if not env.get("GATEWAY_REDIS_URL"):
+    if "GATEWAY_REDIS_URL" in missing:
         url = development.redis_url()
         if url is None:
             raise SettingsError(NO_REDIS)
         env["GATEWAY_REDIS_URL"] = url
-    if not env.get("GATEWAY_KEK"):
+    if "GATEWAY_KEK" in missing:
         if kek_required:
             kek = development.kek()
             if kek is not None:
@@ -104,6 +121,12 @@ def cli_settings(*, kek_required: bool = True) -> Settings:
         else:
             env["GATEWAY_KEK"] = generate_key()
     return from_env(env)
+
+
+def settings_failure(exc: SettingsError) -> int:
+    """Report an invalid setting the one way every command does (no traceback) and return STARTUP_FAILURE."""
+    sys.stderr.write(f"gateway: invalid setting: {exc}\n")
+    return STARTUP_FAILURE
 
 
 async def with_keystore(action: Callable[[KeyStore], Coroutine[Any, Any, int]]) -> int:

@@ -4,12 +4,15 @@
     gateway consume --group dispatch --consumer worker-1 --handler post --url https://dispatch.example.com/events
 
 Reads GATEWAY_REDIS_URL / GATEWAY_REDIS_CLUSTER / GATEWAY_STREAM and the Redis timeouts
-like the gateway (in development mode, the embedded server `gateway serve` started here);
+like the gateway, from the environment or config/gateway.toml (in development mode, the
+embedded server `gateway serve` started here);
 the POST handler signs with GATEWAY_FORWARD_SIGNING_KEY. It needs no GATEWAY_KEK (it never
 opens a phone record). SIGTERM or SIGINT: the entry in hand is finished (and acknowledged,
 or left pending), then it exits 0.
 
-Exit status: 0 stopped (or --once done), 2 bad settings or arguments, 3 Redis unreachable with --once.
+Exit status: 0 stopped (or --once done), 2 bad arguments (--handler post without --url or
+GATEWAY_FORWARD_SIGNING_KEY), 3 an invalid setting (`gateway: invalid setting: NAME ...`)
+or Redis unreachable with --once.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gateway import consumer as consumer_mod
-from gateway.cli.common import cli_settings
+from gateway.cli.common import cli_settings, settings_failure
 from gateway.redis_client import connect
 from gateway.settings import Settings, SettingsError
 
@@ -105,6 +108,9 @@ async def _consume(args: argparse.Namespace, settings: Settings) -> int:
 def consume(args: argparse.Namespace) -> int:
     try:
         settings = consume_settings()
+    except SettingsError as exc:
+        return settings_failure(exc)
+    try:
         _handler(args, settings)  # validate before connecting (a POST handler built twice is cheap)
     except SettingsError as exc:
         sys.stderr.write(f"gateway consume: {exc}\n")

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from gateway.cli.common import print_json, with_keystore
+from gateway.cli.common import print_json, settings_failure, with_keystore
 from gateway.keystore import Conflict, KeyStore
 from gateway.phone_records import InvalidRecord
 from gateway.providers import Provider
@@ -70,7 +70,9 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         return asyncio.run(with_keystore(act))
-    except (SettingsError, InvalidRecord, Conflict, ValueError, OSError) as exc:
+    except SettingsError as exc:
+        return settings_failure(exc)
+    except (InvalidRecord, Conflict, ValueError, OSError) as exc:
         sys.stderr.write(f"gateway phones: {exc}\n")
         return 2
 

@@ -82,7 +82,7 @@ def test_missing_redis_url_is_a_clear_error(
     monkeypatch.delenv("GATEWAY_REDIS_URL", raising=False)
     monkeypatch.chdir(str(tmp_path))
     code, _, err = run(capsys, "phones", "list")
-    assert code == 2 and "GATEWAY_REDIS_URL" in err
+    assert code == 3 and err.startswith("gateway: invalid setting: GATEWAY_REDIS_URL")
 
 
 def test_kek_rotation_with_reseal(
