@@ -35,7 +35,7 @@ from gateway.redis_client import connect
 from gateway.redis_keys import KeyNames
 from gateway.sealing import Sealer
 from gateway.settings import Settings, from_env
-from gateway.stream_monitor import StreamMonitor
+from gateway.stream_monitor import NOT_SAMPLED, StreamMonitor
 from gateway.tasks import stop_task
 from gateway.webhooks import WebhookHandler, match_route
 
@@ -69,6 +69,7 @@ class GatewayApp:
         self._sealer = Sealer.from_settings(settings)
         self._names = KeyNames.from_settings(settings)
         self.components: Components | None = None
+        self.monitor: StreamMonitor | None = None
         self._admin_port = settings.admin_port
         metrics.preinitialise()
         self._starlette = Starlette(routes=self._routes(), lifespan=self._lifespan)
@@ -139,6 +140,8 @@ class GatewayApp:
         monitor = StreamMonitor(
             redis, settings.stream, lambda: forwarder.probe_write(readiness), timeout_s=settings.redis_timeout_s
         )
+        await monitor.sample()  # the public /readyz answers from the monitor's last probe from the start
+        self.monitor = monitor
         keystore.start_invalidation()
         forwarder.start()
         monitor.start()
@@ -150,6 +153,7 @@ class GatewayApp:
             # Requests still in flight were drained by uvicorn before lifespan shutdown;
             # flush anything queued so no accepted request is left unanswered.
             await monitor.stop()
+            self.monitor = None
             await forwarder.stop()
             if dispatch is not None:
                 await dispatch.aclose()
@@ -173,10 +177,19 @@ class GatewayApp:
     async def _healthz(self, _request: Request) -> Response:
         return PlainTextResponse("ok\n")
 
-    async def _readyz(self, _request: Request) -> Response:
+    async def _readyz(self, request: Request) -> Response:
         components = self.components
         if components is None:
             return Response(orjson.dumps({"ready": False, "redis": "not started"}), 503, media_type="application/json")
+        if not (self._admin_port is not None and _local_port(request.scope) == self._admin_port):
+            # The public port: the stream monitor's last probe (refreshed about once a second), so an
+            # unauthenticated caller cannot make the gateway write to Redis (and WAIT for replicas).
+            verdict = self.monitor.readiness() if self.monitor is not None else NOT_SAMPLED
+            if not verdict.ready:
+                failure = {"ready": False, "redis": verdict.redis}
+                return Response(orjson.dumps(failure), 503, media_type="application/json")
+            return self._ready_response()
+        # The admin port (GATEWAY_ADMIN_PORT, bound to GATEWAY_ADMIN_HOST): probed live.
         try:
             # A write, not PING: a read-only replica (after a failover), an out-of-memory or a
             # write-paused server answers PING but refuses the writes every webhook needs.
@@ -189,6 +202,9 @@ class GatewayApp:
             failure = {"ready": False, "redis": metrics.redis_error_class(exc)}
             return Response(orjson.dumps(failure), 503, media_type="application/json")
         metrics.REDIS_UP.set(1)
+        return self._ready_response()
+
+    def _ready_response(self) -> Response:
         body: dict[str, Any] = {"ready": True, "redis": "ok", **self.settings.readiness_details(self._verifier_options)}
         return Response(orjson.dumps(body), 200, media_type="application/json")
 

@@ -86,6 +86,15 @@ def readyz(gw: RunningGateway) -> tuple[int, dict[str, Any]]:
     return response.status_code, response.json()
 
 
+def not_ready(gw: RunningGateway, timeout_s: float = 10.0) -> tuple[int, dict[str, Any]]:
+    """The public /readyz answers from the stream monitor's last probe (about once a second): wait for it."""
+    deadline = time.monotonic() + timeout_s
+    while (answer := readyz(gw))[0] == 200:
+        assert time.monotonic() < deadline, "gateway did not become not ready"
+        time.sleep(0.05)
+    return answer
+
+
 def wait_ready(gw: RunningGateway, timeout_s: float = 10.0) -> None:
     deadline = time.monotonic() + timeout_s
     while readyz(gw)[0] != 200:
@@ -114,7 +123,7 @@ def test_connection_refused_gives_503_and_the_retry_lands_once(
     server.stop()
     assert_unavailable(send_as_carrier(gw, cached))
     assert_unavailable(send_as_carrier(gw, uncached))
-    status, body = readyz(gw)
+    status, body = not_ready(gw)
     assert status == 503 and body == {"ready": False, "redis": "connection"}
     # A forgery for a cached phone is still refused: verification does not need Redis.
     assert send_as_carrier(gw, plivo_request(new_token(), phone["id"])).status_code == 403
@@ -165,7 +174,7 @@ def test_paused_redis_times_out_to_503_and_drops_nothing(
     try:
         control.client_pause(2000, all=True)
         assert_unavailable(send_as_carrier(gw, request))
-        status, body = readyz(gw)
+        status, body = not_ready(gw)
         assert status == 503 and body["redis"] == "timeout"
         control.client_pause(1, all=True)  # replaces the pause: let it expire
         time.sleep(0.05)
@@ -187,7 +196,7 @@ def test_write_paused_redis_is_not_ready(gw: RunningGateway, server: EmbeddedRed
     try:
         control.client_pause(3000, all=False)
         assert_unavailable(send_as_carrier(gw, request))
-        status, body = readyz(gw)
+        status, body = not_ready(gw)
         assert status == 503 and body["redis"] == "timeout"
         control.client_unpause()
         wait_ready(gw)
@@ -303,7 +312,7 @@ def test_read_only_replica_after_failover(gw: RunningGateway, server: EmbeddedRe
 
             request = signed(phone)
             assert_unavailable(send_as_carrier(gw, request))
-            status, body = readyz(gw)
+            status, body = not_ready(gw)
             assert status == 503 and body["redis"] == "readonly"
             assert new.xlen(STREAM) == before  # nothing written anywhere
 
@@ -329,7 +338,7 @@ def test_out_of_memory_gives_503_and_burns_no_nonce(
         control.config_set("maxmemory", "1")
         request = signed(phone)
         assert_unavailable(send_as_carrier(gw, request))
-        status, body = readyz(gw)
+        status, body = not_ready(gw)
         assert status == 503 and body["redis"] == "oom"
         assert control.dbsize() == before  # no nonce key, no idempotency key, no event
 
