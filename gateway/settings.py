@@ -77,6 +77,10 @@ class Settings:
     plivo_answer_template: str = DEFAULT_PLIVO_ANSWER
     twilio_answer_template: str = DEFAULT_TWILIO_ANSWER
     explain_mismatches: bool = True  # diagnose failed signatures: gateway/diagnostics/mismatch.py
+    # The request inspector on the admin port (gateway/inspector/; parsed by _parse_inspector).
+    inspector: bool = True
+    inspector_max_requests: int = 200  # kept per worker, of rejected and of accepted requests each
+    inspector_mask_numbers: bool = True
     # Answer modes, dispatch proxy, signed forwards, capability tokens, call-aware replay
     # defence: see docs/answers-and-forwards.md (parsed by _parse_answers_and_forwards).
     answer_mode: str = "template"  # template | proxy, for providers without an override
@@ -328,6 +332,9 @@ KNOWN_NAMES = frozenset(
         "GATEWAY_LIMIT_CONCURRENCY",
         "GATEWAY_BACKLOG",
         "GATEWAY_EXPLAIN_MISMATCHES",
+        "GATEWAY_INSPECTOR",
+        "GATEWAY_INSPECTOR_MAX_REQUESTS",
+        "GATEWAY_INSPECTOR_MASK_NUMBERS",
         # docs/answers-and-forwards.md
         "GATEWAY_ANSWER_MODE",
         "GATEWAY_PLIVO_ANSWER_MODE",
@@ -453,6 +460,16 @@ def _parse_answers_and_forwards(get: Callable[[str], str | None], kwargs: dict[s
         )
 
 
+def _parse_inspector(get: Callable[[str], str | None], kwargs: dict[str, Any]) -> None:
+    """The request inspector (gateway/inspector/, docs/why-did-my-callback-fail.md)."""
+    if (raw := get("GATEWAY_INSPECTOR")) is not None:
+        kwargs["inspector"] = _parse_bool("GATEWAY_INSPECTOR", raw)
+    if (raw := get("GATEWAY_INSPECTOR_MAX_REQUESTS")) is not None:
+        kwargs["inspector_max_requests"] = _parse_int("GATEWAY_INSPECTOR_MAX_REQUESTS", raw, minimum=1, maximum=10_000)
+    if (raw := get("GATEWAY_INSPECTOR_MASK_NUMBERS")) is not None:
+        kwargs["inspector_mask_numbers"] = _parse_bool("GATEWAY_INSPECTOR_MASK_NUMBERS", raw)
+
+
 def _check_redis_topology(get: Callable[[str], str | None], kwargs: dict[str, Any]) -> None:
     """GATEWAY_REDIS_URL's form against GATEWAY_REDIS_CLUSTER, and GATEWAY_REDIS_WAIT_REPLICAS."""
     if "redis_url" in kwargs:
@@ -482,6 +499,29 @@ def configured(environ: Mapping[str, str] | None = None, toml_path: Path | None 
     values: dict[str, str] = load_toml(path) if path is not None else {}
     values.update({k: v for k, v in env.items() if k in KNOWN_NAMES})
     return values
+
+
+def _check_replay_windows(settings: Settings) -> None:
+    """The duplicate window covers every window in which a copy of a request still verifies.
+
+    A Plivo/Vobiz nonce is refused for GATEWAY_NONCE_TTL_S; a retry with a seen nonce is
+    answered as the duplicate of its event only while that event's idempotency record lives,
+    and after it the copy would be a 403 replay instead of the first answer. A Telnyx request
+    verifies while its timestamp is within ±GATEWAY_TELNYX_TOLERANCE_S of the clock, a span of
+    twice the tolerance: a copy inside it is caught by data.id only while that is remembered.
+    docs/limits.md ("Replay windows").
+    """
+    idempotency, nonce, tolerance = settings.idempotency_ttl_s, settings.nonce_ttl_s, settings.telnyx_tolerance_s
+    if idempotency < nonce:
+        raise SettingsError(
+            f"GATEWAY_IDEMPOTENCY_TTL_S ({idempotency}) must be at least GATEWAY_NONCE_TTL_S ({nonce}): "
+            "a retry with a seen nonce is answered as a duplicate only while its event is remembered"
+        )
+    if idempotency < 2 * tolerance:
+        raise SettingsError(
+            f"GATEWAY_IDEMPOTENCY_TTL_S ({idempotency}) must be at least twice GATEWAY_TELNYX_TOLERANCE_S "
+            f"({tolerance}): a Telnyx copy verifies for ±{tolerance} s and must be caught as a duplicate all that time"
+        )
 
 
 def from_env(environ: Mapping[str, str] | None = None, toml_path: Path | None = None) -> Settings:
@@ -578,9 +618,11 @@ def from_env(environ: Mapping[str, str] | None = None, toml_path: Path | None = 
         if (raw := get(name)) is not None:
             kwargs[attr] = _parse_float(name, raw, minimum=fminimum)
     _parse_answers_and_forwards(get, kwargs)
+    _parse_inspector(get, kwargs)
     settings = Settings(**kwargs)
     if settings.admin_port is not None and settings.admin_port == settings.port:
         raise SettingsError("GATEWAY_ADMIN_PORT must differ from GATEWAY_PORT")
+    _check_replay_windows(settings)
     settings.verifier_options()  # a missing or invalid allowlist file is a start-up error of every command
     return settings
 

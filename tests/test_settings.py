@@ -133,3 +133,28 @@ def test_configured_merges_the_toml_file_under_the_environment(tmp_path: Path) -
     path.write_text('[gateway]\nGATEWAY_REDIS_URL = "redis://192.0.2.1:6379/0"\nGATEWAY_STREAM = "from:toml"\n')
     values = configured({"GATEWAY_CONFIG": str(path), "GATEWAY_STREAM": "from:env", "HOME": "/x"})
     assert values == {"GATEWAY_REDIS_URL": "redis://192.0.2.1:6379/0", "GATEWAY_STREAM": "from:env"}
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"GATEWAY_NONCE_TTL_S": "7200", "GATEWAY_IDEMPOTENCY_TTL_S": "3600"}, "GATEWAY_NONCE_TTL_S"),
+        ({"GATEWAY_NONCE_TTL_S": "60", "GATEWAY_IDEMPOTENCY_TTL_S": "60"}, "GATEWAY_TELNYX_TOLERANCE_S"),  # 60 < 600
+        (
+            {"GATEWAY_NONCE_TTL_S": "600", "GATEWAY_IDEMPOTENCY_TTL_S": "1199", "GATEWAY_TELNYX_TOLERANCE_S": "600"},
+            "GATEWAY_TELNYX_TOLERANCE_S",
+        ),
+    ],
+)
+def test_the_duplicate_window_must_cover_the_replay_windows(env: dict[str, str], named: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        from_env({**BASE, **env}, toml_path=None)
+    assert "GATEWAY_IDEMPOTENCY_TTL_S" in str(caught.value) and named in str(caught.value)
+
+
+def test_windows_that_fit_together_are_accepted() -> None:
+    settings = from_env(
+        {**BASE, "GATEWAY_NONCE_TTL_S": "600", "GATEWAY_IDEMPOTENCY_TTL_S": "600", "GATEWAY_TELNYX_TOLERANCE_S": "300"},
+        toml_path=None,
+    )
+    assert (settings.idempotency_ttl_s, settings.nonce_ttl_s, settings.telnyx_tolerance_s) == (600, 600, 300)

@@ -275,3 +275,14 @@ def test_a_bad_exotel_allowlist_file_is_a_settings_error(
     env = clean_env(GATEWAY_REDIS_URL=redis_url, GATEWAY_KEK=KEK, GATEWAY_EXOTEL_ALLOWED_IPS_FILE=str(path))
     done = gateway(work, *COMMANDS[command], env=env)
     assert_settings_error(done, "GATEWAY_EXOTEL_ALLOWED_IPS_FILE")
+
+
+@pytest.mark.parametrize("command", ["phones", "serve"])
+def test_windows_that_do_not_fit_are_a_settings_error(work: Path, redis_url: str, command: str) -> None:
+    """issue 14 item 4: the duplicate window shorter than the nonce window stops start-up, naming both."""
+    env = clean_env(
+        GATEWAY_REDIS_URL=redis_url, GATEWAY_KEK=KEK, GATEWAY_NONCE_TTL_S="7200", GATEWAY_IDEMPOTENCY_TTL_S="3600"
+    )
+    done = gateway(work, *COMMANDS[command], env=env, timeout=20)
+    assert_settings_error(done, "GATEWAY_IDEMPOTENCY_TTL_S")
+    assert "GATEWAY_NONCE_TTL_S" in done.stderr
