@@ -329,7 +329,10 @@ class PostHandler:
         self._keys = tuple(keys)
         self._clock = clock
         self._own_client = client is None
-        self._client = client or httpx.AsyncClient(timeout=timeout_s, follow_redirects=False)
+        # The same outbound policy as the dispatch client (gateway/dispatch.py): no redirect followed,
+        # and trust_env=False — no HTTP(S)_PROXY/ALL_PROXY, .netrc or SSL_CERT_* from the environment
+        # decide where a signed event goes or what credentials ride along (docs/operations.md).
+        self._client = client or httpx.AsyncClient(timeout=timeout_s, follow_redirects=False, trust_env=False)
 
     async def __call__(self, delivery: Delivery) -> None:
         headers = signed_headers(self._keys, delivery.raw, webhook_id(delivery.event), int(self._clock()))

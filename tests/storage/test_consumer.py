@@ -14,6 +14,7 @@ import io
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -27,6 +28,7 @@ from starlette.routing import Route
 
 from gateway import standard_webhooks
 from gateway.consumer import Consumer, Delivery, HandlerError, PostHandler, PrintHandler
+from gateway.dispatch import DispatchClient
 from gateway.embedded_redis import free_port
 
 pytestmark = pytest.mark.anyio
@@ -361,3 +363,45 @@ async def test_post_handler_unreachable_is_a_failure(client: Redis) -> None:
     finally:
         await handler.aclose()
     assert worker.stats.failed == 1 and await pending(client) == 1
+
+
+# ---- one outbound HTTP policy (issue 14, item 12) --------------------------------------------------
+
+
+@pytest.fixture
+def hostile_proxy_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Proxies that do not exist and a .netrc with credentials for the receiver's host: neither may be used."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.setenv(name, dead)
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login netrc-user password netrc-password-0123456789\n", encoding="utf-8")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+
+
+@pytest.mark.usefixtures("hostile_proxy_environment")
+async def test_post_handler_ignores_proxies_and_netrc_from_the_environment(client: Redis, receiver: Receiver) -> None:
+    await add(client, 1)
+    handler = PostHandler(receiver.url, [standard_webhooks.decode_key(KEY)], timeout_s=2)
+    try:
+        assert await consumer(client, handler).run_once() == 1
+    finally:
+        await handler.aclose()
+    ((headers, _),) = receiver.requests  # straight to the receiver, not to the dead proxy
+    assert "authorization" not in headers
+
+
+@pytest.mark.usefixtures("hostile_proxy_environment")
+async def test_dispatch_client_ignores_proxies_and_netrc_from_the_environment(receiver: Receiver) -> None:
+    receiver.status = 200
+    dispatch = DispatchClient(receiver.url, [standard_webhooks.decode_key(KEY)], timeout_s=2, max_connections=1)
+    try:
+        reply = await dispatch.request_answer(envelope(0), "msg-1")
+    finally:
+        await dispatch.aclose()
+    assert reply.ok, reply
+    ((headers, _),) = receiver.requests
+    assert "authorization" not in headers
