@@ -2,9 +2,11 @@
 
 The requests in flight are written by one call of a Lua script (one round trip) that,
 for each event in turn, atomically:
-  1. rejects a nonce already used (replay),
-  2. answers "duplicate" for an idempotency key, or signed content, already forwarded,
-  3. XADDs the event, then records the nonce, the idempotency key and the signed content
+  1. answers "duplicate" for signed content already accepted (a carrier's identical retry,
+     same nonce and all, after an answer it never received),
+  2. rejects a nonce already used with any other content (replay),
+  3. answers "duplicate" for an idempotency key already forwarded,
+  4. XADDs the event, then records the nonce, the idempotency key and the signed content
      with TTLs.
 The signed content is the verifier's `Verified.signed_digest`: a digest of the exact bytes
 the signature covered. Its key (`<stream tag>:signed:<phone>:<hex digest>`, kept for the
@@ -146,13 +148,19 @@ local out = {}
 for i = 1, n do
   local nonce_key, idem_key, signed_key = KEYS[3 * i - 1], KEYS[3 * i], KEYS[3 * i + 1]
   local has_nonce = nonce_key ~= unused
-  if has_nonce and redis.call('EXISTS', nonce_key) == 1 then
+  -- Signed content already accepted first: a carrier's identical retry of an event whose
+  -- answer was lost (same nonce) is that duplicate, not a replay; other content with a seen
+  -- nonce has another digest and is refused below.
+  local seen = signed_key ~= unused and redis.call('GET', signed_key)
+  if seen then
+    out[i] = {'duplicate', seen}
+  elseif has_nonce and redis.call('EXISTS', nonce_key) == 1 then
     out[i] = {'replay', ''}
   else
     local previous = idem_key ~= unused and redis.call('GET', idem_key)
-    if not previous and signed_key ~= unused then previous = redis.call('GET', signed_key) end
     if previous then
-      if has_nonce then redis.call('SET', nonce_key, '1', 'EX', nonce_ttl) end
+      -- this content too is now that event's: its own identical retry is a duplicate as well
+      remember(nonce_key, unused, signed_key, previous)
       out[i] = {'duplicate', previous}
     elseif calls and ARGV[5 + n + i] ~= '' then
       out[i] = call_event(i, ARGV[5 + n + i], ARGV[5 + i], nonce_key, idem_key, signed_key)

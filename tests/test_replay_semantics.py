@@ -138,3 +138,46 @@ def test_other_signed_content_without_a_key_is_another_event(gw: RunningGateway,
         del event["data"]["id"]
         assert send_as_carrier(gw, telnyx_request(seed, phone_id, now=NOW, body=event)).status_code == 200
     assert stream_length(redis_sync) == 2
+
+
+# ---- item 2: a carrier's identical retry after a lost answer is a duplicate ------------------
+
+
+def test_an_identical_plivo_retry_after_a_lost_answer_is_the_duplicate(
+    gw: RunningGateway, redis_sync: redis.Redis
+) -> None:
+    """The event is in the stream, the carrier never got the 2xx and sends the same request
+    (same nonce): answered 200 as that duplicate, not 403 replay, and not forwarded again."""
+    phone_id, token = random_id(), new_token()
+    gw.put_phone(plivo_phone(phone_id, token))
+    request = plivo_request(token, phone_id)
+    assert send_as_carrier(gw, request).status_code == 200  # the answer the carrier lost
+    assert send_as_carrier(gw, request).status_code == 200
+    assert stream_length(redis_sync) == 1
+
+
+def test_a_seen_nonce_on_other_content_is_still_a_replay(gw: RunningGateway, redis_sync: redis.Redis) -> None:
+    phone_id, token = random_id(), new_token()
+    gw.put_phone(plivo_phone(phone_id, token))
+    params = plivo_params()
+    request = plivo_request(token, phone_id, params=params)
+    nonce = request["headers"]["X-Plivo-Signature-V3-Nonce"]
+    assert send_as_carrier(gw, request).status_code == 200
+    # Signed with the same nonce, for the same call: other content all the same.
+    same_call = plivo_request(token, phone_id, params=plivo_params(params[0][1], status="in-progress"), nonce=nonce)
+    assert send_as_carrier(gw, same_call).status_code == 403
+    assert send_as_carrier(gw, plivo_request(token, phone_id, nonce=nonce)).status_code == 403
+    assert stream_length(redis_sync) == 1
+
+
+def test_the_retry_of_a_resigned_duplicate_is_a_duplicate_too(gw: RunningGateway, redis_sync: redis.Redis) -> None:
+    """Plivo re-signs a retry with a fresh nonce (a duplicate by its idempotency key); if that
+    answer is lost too, its own identical retry is still the duplicate."""
+    phone_id, token = random_id(), new_token()
+    gw.put_phone(plivo_phone(phone_id, token))
+    params = plivo_params()
+    assert send_as_carrier(gw, plivo_request(token, phone_id, params=params)).status_code == 200
+    resigned = plivo_request(token, phone_id, params=params)
+    assert send_as_carrier(gw, resigned).status_code == 200
+    assert send_as_carrier(gw, resigned).status_code == 200
+    assert stream_length(redis_sync) == 1
