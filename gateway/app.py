@@ -28,6 +28,7 @@ from gateway.dispatch import DispatchClient
 from gateway.errors import NOT_FOUND
 from gateway.forwarder import FORWARD_SCRIPT, Forwarder
 from gateway.http_protocol import EdgeHttpToolsProtocol
+from gateway.inspector.views import Inspector
 from gateway.keystore import KeyStore
 from gateway.providers.registry import build_verifiers
 from gateway.proxy import OriginResolver
@@ -72,6 +73,7 @@ class GatewayApp:
         self.monitor: StreamMonitor | None = None
         self._admin_port = settings.admin_port
         metrics.preinitialise()
+        self._inspector = Inspector.from_settings(settings)  # None: off (no recording, no pages)
         self._starlette = Starlette(routes=self._routes(), lifespan=self._lifespan)
 
     # ---- lifespan -----------------------------------------------------------
@@ -129,8 +131,13 @@ class GatewayApp:
             origin=OriginResolver(settings.trusted_proxies, settings.public_base),
             max_body_bytes=settings.max_body_bytes,
             clock=self._clock,
-            explain=MismatchExplainer(settings.public_base) if settings.explain_mismatches else None,
+            explain=(
+                MismatchExplainer(settings.public_base, report_undiagnosed=self._inspector is not None)
+                if settings.explain_mismatches
+                else None
+            ),
             access_log_mode=settings.access_log,
+            inspect=self._inspector.store.record if self._inspector is not None else None,
         )
         self.components = Components(redis, keystore, forwarder, webhooks)
         self._admin = AdminAPI(keystore, settings.admin_token)
@@ -172,6 +179,7 @@ class GatewayApp:
             StarletteRoute("/metrics", self._metrics, methods=["GET"]),
             StarletteRoute("/admin/phones", self._admin_dispatch, methods=["GET"]),
             StarletteRoute("/admin/phones/{phone_id}", self._admin_dispatch, methods=["GET", "PUT", "DELETE"]),
+            *(self._inspector.routes() if self._inspector is not None else []),  # the admin port only
         ]
 
     async def _healthz(self, _request: Request) -> Response:

@@ -41,6 +41,7 @@ from gateway.errors import (
 from gateway.events import build_event
 from gateway.forwarder import Forwarder, Outcome
 from gateway.inbound import InboundRequest
+from gateway.inspector.store import DIAGNOSIS_KEY, INBOUND_KEY
 from gateway.keystore import NOT_CACHED, KeyStore
 from gateway.log_safety import loggable
 from gateway.providers import PhoneCredentials, Provider, RouteFamily, Verifier
@@ -141,7 +142,9 @@ class WebhookHandler:
         explain: Callable[[InboundRequest, PhoneCredentials, Verifier, float], object] | None = None,
         calls: CallAware | None = None,
         access_log_mode: str = "failed",
+        inspect: Callable[[Scope, str, str | None, int, str, str, str], None] | None = None,
     ) -> None:
+        self._inspect = inspect  # gateway/inspector/: keeps each request for the admin page; None: off
         self._keystore = keystore
         self._forwarder = forwarder
         self._verifiers = verifiers
@@ -187,6 +190,8 @@ class WebhookHandler:
                     f" reason={reason}" if reason else "",
                     (time.perf_counter() - started) * 1000,
                 )
+            if self._inspect is not None:
+                self._inspect(scope, route.kind, route.phone_id, status, outcome, reason, provider_label)
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send, route: Route) -> tuple[int, str, str, str]:
         provider_label = _LABELS[route.family]
@@ -236,6 +241,8 @@ class WebhookHandler:
             client_ip=origin.client_ip,
             duplicate_headers=frozenset(duplicates) if duplicates else _NO_DUPLICATES,
         )
+        if self._inspect is not None:
+            scope[INBOUND_KEY] = inbound
         now = self._clock()
         try:
             creds = self._keystore.cached(route.phone_id) if route.phone_id is not None else NOT_CACHED
@@ -272,7 +279,8 @@ class WebhookHandler:
             )
         except Rejected as rejection:
             if rejection.reason is Reason.INVALID_SIGNATURE and self._explain is not None:
-                self._explain(inbound, creds, self._verifiers[provider], now)  # diagnosis only: never accepts
+                # Diagnosis only: never accepts. Kept in the scope for the inspector.
+                scope[DIAGNOSIS_KEY] = self._explain(inbound, creds, self._verifiers[provider], now)
             return await self._reject(send, rejection.reason, provider_label)
         except Unavailable:
             return await self._unavailable(send, provider_label)

@@ -130,6 +130,43 @@ class Diagnosis:
         hints = "; ".join(HINTS[label] for label in self.variant.labels)
         return f"{self.provider.value} signature would match with {self.variant.description}: {hints}"
 
+    @property
+    def url(self) -> str:
+        """The URL that would have verified, without its query (which may hold a token or a number)."""
+        return self.variant.request.base_url
+
+
+# Why a failed signature has no diagnosis (`MismatchExplainer.explain`; shown by the inspector only).
+NOT_URL_SIGNED = "not_url_signed"
+OVER_BUDGET = "over_budget"
+NO_MATCH = "no_match"
+FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class NotDiagnosed:
+    """A failed signature that no variant explains, and why. No request data in here."""
+
+    provider: Provider
+    why: str  # NOT_URL_SIGNED | OVER_BUDGET | NO_MATCH | FAILED
+    tried: int = 0  # variants verified
+
+    def message(self) -> str:
+        title = spec_for(self.provider).title or self.provider.value
+        if self.why == NOT_URL_SIGNED:
+            return (
+                f"{title}'s signature does not cover the URL, so no URL variant can explain it: the signing key "
+                "or the body differs (gateway explain shows what it signs)"
+            )
+        if self.why == OVER_BUDGET:
+            return "not diagnosed: the diagnosis CPU budget is spent (many failures at once?)"
+        if self.why == FAILED:
+            return "not diagnosed: the diagnosis failed (see the gateway's log)"
+        return (
+            f"none of the {self.tried} URL and body variants tried matches: the request was signed with another "
+            "key (another account, or an auth token rotated at the carrier) or its body was altered"
+        )
+
 
 # ---- variants -------------------------------------------------------------------------
 
@@ -404,13 +441,31 @@ def diagnose(
     timer: Callable[[], float] = time.perf_counter,
 ) -> Diagnosis | None:
     """The first variant the phone's verifier would have accepted, or None. Diagnosis only."""
+    return search(inbound, creds, verifier, now, public_base=public_base, limit=limit, deadline=deadline, timer=timer)[
+        0
+    ]
+
+
+def search(
+    inbound: InboundRequest,
+    creds: PhoneCredentials,
+    verifier: Verifier,
+    now: float,
+    *,
+    public_base: PublicBase | None = None,
+    limit: int = MAX_VARIANTS,
+    deadline: float | None = None,
+    timer: Callable[[], float] = time.perf_counter,
+) -> tuple[Diagnosis | None, int]:
+    """`diagnose`, and how many variants were verified."""
     found = attempts(
         inbound, creds, verifier, now, public_base=public_base, limit=limit, deadline=deadline, timer=timer
     )
+    tried = 0
     for tried, (variant, verified) in enumerate(found, start=1):
         if verified is not None:
-            return Diagnosis(creds.provider, variant, verified.key_fingerprint, tried)
-    return None
+            return Diagnosis(creds.provider, variant, verified.key_fingerprint, tried), tried
+    return None, tried
 
 
 # ---- on the request path ---------------------------------------------------------------
@@ -475,7 +530,9 @@ class MismatchExplainer:
         max_log_keys: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
         timer: Callable[[], float] = time.thread_time,  # CPU time: waiting for the CPU costs no budget
+        report_undiagnosed: bool = False,  # the request inspector's: return NotDiagnosed rather than None
     ) -> None:
+        self._report_undiagnosed = report_undiagnosed
         self._public_base = public_base
         self._max_variants = max_variants
         self._budget = _Bucket(cpu_share, cpu_burst_s, clock)
@@ -491,15 +548,22 @@ class MismatchExplainer:
 
     def __call__(
         self, inbound: InboundRequest, creds: PhoneCredentials, verifier: Verifier, now: float
-    ) -> Diagnosis | None:
+    ) -> Diagnosis | NotDiagnosed | None:
+        found = self.explain(inbound, creds, verifier, now)
+        return found if self._report_undiagnosed or isinstance(found, Diagnosis) else None
+
+    def explain(
+        self, inbound: InboundRequest, creds: PhoneCredentials, verifier: Verifier, now: float
+    ) -> Diagnosis | NotDiagnosed:
+        """`__call__`, and when nothing matched, why (for the request inspector): same work, metric and log."""
         if creds.provider not in SUPPORTED:
-            return None
+            return NotDiagnosed(creds.provider, NOT_URL_SIGNED)
         try:
             if not self._budget.has_credit():
-                return None
+                return NotDiagnosed(creds.provider, OVER_BUDGET)
             started = self._timer()
             try:
-                diagnosis = diagnose(
+                diagnosis, tried = search(
                     inbound,
                     creds,
                     verifier,
@@ -512,14 +576,14 @@ class MismatchExplainer:
             finally:
                 self._budget.spend(self._timer() - started)
             if diagnosis is None:
-                return None
+                return NotDiagnosed(creds.provider, NO_MATCH, tried)
             for label in diagnosis.labels:
                 metrics.MISMATCH.labels(diagnosis.provider.value, label).inc()
             self._warn(creds.phone_id, diagnosis)
             return diagnosis
         except Exception as exc:  # a diagnosis bug must never turn a 403 into a 500
             log.error("signature mismatch diagnosis failed (%s); the request was rejected as usual", type(exc).__name__)
-            return None
+            return NotDiagnosed(creds.provider, FAILED)
 
     def _warn(self, phone_id: str, diagnosis: Diagnosis) -> None:
         key = (phone_id, diagnosis.variant.label)
