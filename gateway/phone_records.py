@@ -42,9 +42,10 @@ class InvalidRecord(GatewayError, ValueError):
     """The admin body is invalid. Messages name fields, never echo values."""
 
 
-class CorruptRecord(GatewayError):
+class CorruptRecord(GatewayError, ValueError):
     """A stored record is not one this module wrote for that key (not JSON, a field missing or
-    of the wrong type, or another phone's record copied here). Messages name fields, never values."""
+    of the wrong type, or another phone's record copied here). Messages name fields, never values.
+    A ValueError, so the CLI reports it like an invalid body."""
 
 
 # Secret values that live in `config` rather than `credentials` (Exotel's webhook token), by field.

@@ -18,9 +18,10 @@ import orjson
 import pytest
 import redis
 
+from gateway.cli import main as cli_main
 from gateway.redis_keys import KeyNames
 from tests.helpers.builders import new_token, plivo_phone, plivo_request
-from tests.helpers.support import RunningGateway, make_settings, run_gateway, send_as_carrier
+from tests.helpers.support import KEK, RunningGateway, make_settings, run_gateway, send_as_carrier
 
 NAMES = KeyNames()
 STREAM = "gateway:events"
@@ -116,3 +117,23 @@ def test_fingerprints_in_answers_and_events_are_keyed(gw: RunningGateway, redis_
     event = orjson.loads(fields[b"event"])
     assert event["key_fingerprint"] == view["credentials"]["auth_token"]["fingerprint"]
     assert unkeyed not in str(view) and event["key_fingerprint"] != unkeyed
+
+
+def test_the_cli_lists_reseals_and_gets_around_an_invalid_record(
+    redis_url: str, redis_sync: redis.Redis, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("GATEWAY_REDIS_URL", redis_url)
+    monkeypatch.setenv("GATEWAY_KEK", KEK)
+    monkeypatch.setenv("PLIVO_TOKEN", new_token())
+    put = ["phones", "put", "ph_ok", "--provider", "plivo", "--credential", "auth_id=MA"]
+    assert cli_main([*put, "--credential", "auth_token=env:PLIVO_TOKEN"]) == 0
+    redis_sync.set(NAMES.phone("ph_bad"), b"{not json")
+    redis_sync.sadd(NAMES.phone_index, "ph_bad")
+    capsys.readouterr()
+    assert cli_main(["phones", "list"]) == 0
+    listing = orjson.loads(capsys.readouterr().out)
+    assert [p["phone_id"] for p in listing["phones"]] == ["ph_ok"] and listing["invalid"] == ["ph_bad"]
+    assert cli_main(["phones", "reseal"]) == 1  # reported: something needs the operator
+    assert orjson.loads(capsys.readouterr().out)["invalid"] == ["ph_bad"]
+    assert cli_main(["phones", "get", "ph_bad"]) == 2
+    assert "not JSON" in capsys.readouterr().err

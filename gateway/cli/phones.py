@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
                 return 1
             print_json(view)
         elif args.phones_command == "list":
-            print_json({"phones": await store.list()})
+            print_json(await store.listing())  # {"phones": [...], "invalid": [ids of invalid stored records]}
         elif args.phones_command == "delete":
             if not await store.delete(args.phone_id):
                 sys.stderr.write(f"no such phone: {args.phone_id}\n")
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         elif args.phones_command == "reseal":
             report = await store.reseal()
             print_json(report)
-            return 1 if report["failed"] or report["raced"] else 0
+            return 1 if report["failed"] or report["raced"] or report.get("invalid") else 0
         return 0
 
     try:
