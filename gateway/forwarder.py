@@ -54,16 +54,17 @@ from gateway.tasks import stop_task
 
 log = logging.getLogger("gateway.forwarder")
 
-# KEYS: the stream, then for event i its nonce key (KEYS[3i-1]), idempotency key (KEYS[3i]) and
-# signed-content key (KEYS[3i+1]), the placeholder key when it has none. ARGV: nonce TTL,
+# KEYS: the stream, then for event i its nonce key (KEYS[4i-2]), its other nonce key (KEYS[4i-1]:
+# a Vobiz request carrying both header families), idempotency key (KEYS[4i]) and signed-content
+# key (KEYS[4i+1]), the placeholder key when it has none. ARGV: nonce TTL,
 # idempotency TTL, MAXLEN ('0': none), the placeholder key's name, the number of events n, then
 # event i as ARGV[5+i].
 # Returns one {outcome, id} per event (a duplicate: the first acceptance's id); outcome 'error'
 # carries the Redis error of that event's first write (redis.pcall).
-# Call-aware batches (any event with a CallCheck) append, for event i, KEYS[1+3n+3(i-1)+1..3]
+# Call-aware batches (any event with a CallCheck) append, for event i, KEYS[1+4n+3(i-1)+1..3]
 # (call state hash, timeline, held list; placeholders without a check) and ARGV[5+n+i], its
 # spec: phase, status, now, window, late, TTL, max held (tab separated; '' without a check).
-# So #ARGV == 5 + n and #KEYS == 1 + 3n without checks, #ARGV == 5 + 2n and #KEYS == 1 + 6n with.
+# So #ARGV == 5 + n and #KEYS == 1 + 4n without checks, #ARGV == 5 + 2n and #KEYS == 1 + 7n with.
 # Phases (gateway/providers/spec.py): 'a' answers the call, 'e' ends it, 's' is any other status.
 FORWARD_SCRIPT = """
 local stream, nonce_ttl, idem_ttl, maxlen, unused = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -75,19 +76,20 @@ local function xadd(event)
   end
   return redis.pcall('XADD', stream, '*', 'event', event)
 end
-local function remember(nonce_key, idem_key, signed_key, id)
+local function remember(nonce_key, other_key, idem_key, signed_key, id)
   if nonce_key ~= unused then redis.call('SET', nonce_key, '1', 'EX', nonce_ttl) end
+  if other_key ~= unused then redis.call('SET', other_key, '1', 'EX', nonce_ttl) end
   if idem_key ~= unused then redis.call('SET', idem_key, id, 'EX', idem_ttl) end
   if signed_key ~= unused then redis.call('SET', signed_key, id, 'EX', idem_ttl) end
 end
 -- The call-aware section: event i's CallCheck (gateway/calls.py states the rules,
 -- docs/answers-and-forwards.md explains them).
-local function call_event(i, spec, event, nonce_key, idem_key, signed_key)
+local function call_event(i, spec, event, nonce_key, other_key, idem_key, signed_key)
   local f = {}
   for field in string.gmatch(spec, '[^\t]+') do f[#f + 1] = field end
   local phase, status, at = f[1], f[2], f[3]
   local now, window, late, ttl, max_held = tonumber(f[3]), tonumber(f[4]), tonumber(f[5]), f[6], tonumber(f[7])
-  local base = 1 + 3 * n + 3 * (i - 1)
+  local base = 1 + 4 * n + 3 * (i - 1)
   local state_key, timeline_key, held_key = KEYS[base + 1], KEYS[base + 2], KEYS[base + 3]
   local state = redis.call('HMGET', state_key, 'answered', 'ended', 'held_since')
   local function note(result)  -- the call's timeline is forensic: never fails the event
@@ -114,13 +116,13 @@ local function call_event(i, spec, event, nonce_key, idem_key, signed_key)
     if not state[3] then redis.call('HSET', state_key, 'held_since', at) end
     if phase == 'e' then redis.call('HSET', state_key, 'held_end', at, 'held_end_status', status) end
     redis.call('EXPIRE', state_key, ttl)
-    remember(nonce_key, idem_key, signed_key, 'held')
+    remember(nonce_key, other_key, idem_key, signed_key, 'held')
     note('held')
     return {'held', ''}
   end
   local id = xadd(event)
   if type(id) == 'table' then return {'error', id.err} end
-  remember(nonce_key, idem_key, signed_key, id)
+  remember(nonce_key, other_key, idem_key, signed_key, id)
   local released = 0
   if phase == 'a' and not state[1] then
     redis.call('HSET', state_key, 'answered', at)
@@ -146,30 +148,30 @@ local function call_event(i, spec, event, nonce_key, idem_key, signed_key)
 end
 local out = {}
 for i = 1, n do
-  local nonce_key, idem_key, signed_key = KEYS[3 * i - 1], KEYS[3 * i], KEYS[3 * i + 1]
-  local has_nonce = nonce_key ~= unused
+  local nonce_key, other_key, idem_key, signed_key = KEYS[4 * i - 2], KEYS[4 * i - 1], KEYS[4 * i], KEYS[4 * i + 1]
   -- Signed content already accepted first: a carrier's identical retry of an event whose
   -- answer was lost (same nonce) is that duplicate, not a replay; other content with a seen
   -- nonce has another digest and is refused below.
   local seen = signed_key ~= unused and redis.call('GET', signed_key)
   if seen then
     out[i] = {'duplicate', seen}
-  elseif has_nonce and redis.call('EXISTS', nonce_key) == 1 then
+  elseif (nonce_key ~= unused and redis.call('EXISTS', nonce_key) == 1)
+      or (other_key ~= unused and redis.call('EXISTS', other_key) == 1) then
     out[i] = {'replay', ''}
   else
     local previous = idem_key ~= unused and redis.call('GET', idem_key)
     if previous then
       -- this content too is now that event's: its own identical retry is a duplicate as well
-      remember(nonce_key, unused, signed_key, previous)
+      remember(nonce_key, other_key, unused, signed_key, previous)
       out[i] = {'duplicate', previous}
     elseif calls and ARGV[5 + n + i] ~= '' then
-      out[i] = call_event(i, ARGV[5 + n + i], ARGV[5 + i], nonce_key, idem_key, signed_key)
+      out[i] = call_event(i, ARGV[5 + n + i], ARGV[5 + i], nonce_key, other_key, idem_key, signed_key)
     else
       local id = xadd(ARGV[5 + i])
       if type(id) == 'table' then
         out[i] = {'error', id.err}
       else
-        remember(nonce_key, idem_key, signed_key, id)
+        remember(nonce_key, other_key, idem_key, signed_key, id)
         out[i] = {'forwarded', id}
       end
     end
@@ -186,7 +188,7 @@ OUTAGE_OR_NOT_REPLICATED: tuple[type[BaseException], ...] = (*OUTAGES, NotReplic
 @dataclass(frozen=True, slots=True)
 class CallCheck:
     """The call-aware input of one event of the script (gateway/calls.py builds it): for event i
-    of n, KEYS[1+3n+3(i-1)+1..3] and ARGV[5+n+i] (the layout above FORWARD_SCRIPT)."""
+    of n, KEYS[1+4n+3(i-1)+1..3] and ARGV[5+n+i] (the layout above FORWARD_SCRIPT)."""
 
     provider: str  # metric label (call-aware events released into the stream)
     keys: tuple[str, str, str]  # state hash, timeline list, held list: KeyNames.call_keys (the stream's slot)
@@ -211,6 +213,7 @@ class _Pending:
     future: asyncio.Future[tuple[Outcome, str]] = field(repr=False)
     call: CallCheck | None = None
     signed: bytes | None = None  # Verified.signed_digest: the event's identity by signed content
+    other_nonce: str | None = None  # Verified.other_nonce: a second nonce header, single-use as well
 
 
 class Forwarder:
@@ -273,13 +276,16 @@ class Forwarder:
         idempotency_key: str | None,
         call: CallCheck | None = None,
         signed: bytes | None = None,
+        other_nonce: str | None = None,
     ) -> tuple[Outcome, str]:
         """(outcome, stream entry id). Raises Unavailable when Redis cannot confirm the write.
 
         `signed`: the digest of the signed content (Verified.signed_digest), or None when
-        nothing is signed. For a duplicate, the entry id is that of the first acceptance."""
+        nothing is signed. `other_nonce`: a second nonce the request carried (Vobiz with both
+        header families), refused when seen and recorded like `nonce`. For a duplicate, the
+        entry id is that of the first acceptance."""
         future: asyncio.Future[tuple[Outcome, str]] = (self._loop or asyncio.get_running_loop()).create_future()
-        self._queue.append(_Pending(phone_id, event, nonce, idempotency_key, future, call, signed))
+        self._queue.append(_Pending(phone_id, event, nonce, idempotency_key, future, call, signed, other_nonce))
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -324,6 +330,7 @@ class Forwarder:
         events: list[bytes] = []
         for item in batch:
             keys.append(names.nonce(item.phone_id, item.nonce) if item.nonce else unused)
+            keys.append(names.nonce(item.phone_id, item.other_nonce) if item.other_nonce else unused)
             keys.append(names.idempotency(item.phone_id, item.idempotency_key) if item.idempotency_key else unused)
             keys.append(f"{signed_prefix}{item.phone_id}:{item.signed.hex()}" if item.signed is not None else unused)
             events.append(item.event)

@@ -15,7 +15,7 @@ import orjson
 import pytest
 import redis
 
-from gateway.providers import plivo, twilio
+from gateway.providers import plivo, twilio, vobiz
 from tests.helpers.builders import (
     new_token,
     plivo_params,
@@ -180,4 +180,42 @@ def test_the_retry_of_a_resigned_duplicate_is_a_duplicate_too(gw: RunningGateway
     resigned = plivo_request(token, phone_id, params=params)
     assert send_as_carrier(gw, resigned).status_code == 200
     assert send_as_carrier(gw, resigned).status_code == 200
+    assert stream_length(redis_sync) == 1
+
+
+# ---- item 5: Vobiz with both header families spends both nonces ------------------------------
+
+
+def test_the_other_vobiz_header_family_cannot_be_replayed_with_another_body(
+    gw: RunningGateway, redis_sync: redis.Redis
+) -> None:
+    """A Vobiz callback with both families, each with its own nonce: the Plivo-compatible one
+    verifies; the Vobiz header and nonce, copied onto another body, must not verify a second event."""
+    phone_id, token = random_id(), new_token()
+    gw.put_phone(plivo_phone(phone_id, token, provider="vobiz"))
+    request = plivo_request(token, phone_id)
+    vobiz_nonce = "7" * 20
+    vobiz_headers = {
+        "X-Vobiz-Signature-V3": vobiz.sign_vobiz_v3(token, request["url"], vobiz_nonce),
+        "X-Vobiz-Signature-V3-Nonce": vobiz_nonce,
+    }
+    both = {**request, "headers": {**request["headers"], **vobiz_headers}}
+    assert send_as_carrier(gw, both).status_code == 200
+    copied = {
+        **request,
+        "headers": {"Content-Type": "application/x-www-form-urlencoded", **vobiz_headers},
+        "body": urlencode(plivo_params(status="completed")),  # Vobiz's own string does not cover the body
+    }
+    assert send_as_carrier(gw, copied).status_code == 403
+    assert stream_length(redis_sync) == 1
+
+
+def test_vobiz_with_one_nonce_in_both_families_is_accepted_once(gw: RunningGateway, redis_sync: redis.Redis) -> None:
+    phone_id, token = random_id(), new_token()
+    gw.put_phone(plivo_phone(phone_id, token, provider="vobiz"))
+    request = plivo_request(token, phone_id)
+    nonce = request["headers"]["X-Plivo-Signature-V3-Nonce"]
+    request["headers"]["X-Vobiz-Signature-V3"] = vobiz.sign_vobiz_v3(token, request["url"], nonce)
+    request["headers"]["X-Vobiz-Signature-V3-Nonce"] = nonce
+    assert send_as_carrier(gw, request).status_code == 200
     assert stream_length(redis_sync) == 1

@@ -81,6 +81,10 @@ class Verified:
 
     key_fingerprint: str | None  # which key verified it (None: Exotel IP-only)
     nonce: str | None = None  # single-use value to remember (Plivo/Vobiz V3 nonce)
+    # Another nonce the request carried in a second header family (Vobiz: the Plivo and the
+    # Vobiz V3 headers), single-use as well: else the other family's captured signature and
+    # nonce could be sent once more with any body (Vobiz's own string does not cover it).
+    other_nonce: str | None = None
     # The event's identity by content: a digest of the exact bytes the signature covered
     # (`signed_digest()`), so a copy, a carrier's identical retry or a re-split of the same
     # signed string is recognised as the event already accepted. None: nothing is signed (Exotel).

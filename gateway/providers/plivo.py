@@ -184,6 +184,8 @@ class PlivoVerifier:
     def __init__(self, provider: Provider = Provider.PLIVO, schemes: tuple[V3Scheme, ...] = PLIVO_SCHEMES) -> None:
         self._provider = provider
         self._schemes = schemes
+        nonce_headers = tuple(dict.fromkeys(scheme.nonce_header for scheme in schemes))
+        self._nonce_headers = nonce_headers if len(nonce_headers) > 1 else ()  # Plivo: one header family
 
     def verify(self, inbound: InboundRequest, creds: PhoneCredentials, now: float) -> Verified:
         schemes = self._schemes
@@ -214,6 +216,12 @@ class PlivoVerifier:
             else:
                 verified = self._check(inbound, creds, now, scheme, signature, nonce)
                 if isinstance(verified, Verified):
+                    # Every nonce present is spent, not only the one that verified (Vobiz sends
+                    # two header families, each with its own nonce header).
+                    for other in self._nonce_headers:
+                        value = inbound.header(other)
+                        if value and value != nonce:
+                            verified.other_nonce = value
                     return verified
                 reason, why = verified, scheme.signature_header
             if _SEVERITY[reason] >= _SEVERITY[failure]:
