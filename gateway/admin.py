@@ -1,4 +1,4 @@
-"""The admin API: /admin/phones. Bearer token, compared in constant time; secrets never come back."""
+"""The admin API: /admin/phones and /admin/{carrier}/sources. Bearer token (constant time); secrets never come back."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from starlette.routing import Route
 from gateway.keystore import Conflict, FingerprintKeyError, KeyStore
 from gateway.phone_records import CorruptRecord, InvalidRecord
 from gateway.secrets import Secret
+from gateway.source_log import DISCOVERABLE, SourceLog
 
 log = logging.getLogger("gateway.admin")
 MAX_ADMIN_BODY = 64 * 1024
@@ -29,8 +30,9 @@ def _error(status: int, message: str) -> Response:
 
 
 class AdminAPI:
-    def __init__(self, keystore: KeyStore, token: Secret | None) -> None:
+    def __init__(self, keystore: KeyStore, token: Secret | None, sources: SourceLog | None = None) -> None:
         self._keystore = keystore
+        self._sources = sources  # allowlist discovery (gateway/source_log.py)
         # Compare digests: equal length whatever the caller sends, so no length leak either.
         self._token_digest = hashlib.sha256(token.reveal().encode()).digest() if token else None
 
@@ -40,6 +42,7 @@ class AdminAPI:
             Route("/admin/phones/{phone_id}", self.get_phone, methods=["GET"]),
             Route("/admin/phones/{phone_id}", self.put_phone, methods=["PUT"]),
             Route("/admin/phones/{phone_id}", self.delete_phone, methods=["DELETE"]),
+            Route("/admin/{provider}/sources", self.unlisted_sources, methods=["GET"]),
         ]
 
     def _authorised(self, request: Request) -> Response | None:
@@ -123,3 +126,16 @@ class AdminAPI:
             return _error(404, "no such phone")
         log.info("phone %s deleted", phone_id)
         return Response(status_code=204)
+
+    async def unlisted_sources(self, request: Request) -> Response:
+        """Allowlist discovery: networks of requests refused for their address that proved their phone."""
+        if (denied := self._authorised(request)) is not None:
+            return denied
+        name = request.path_params["provider"]
+        provider = next((p for p in DISCOVERABLE if p.value == name), None)
+        if provider is None or self._sources is None:
+            return _error(404, "no source list for this provider")
+        try:
+            return _json({"sources": await self._sources.sources(provider)})
+        except rx.RedisError:
+            return _error(503, "redis unavailable")

@@ -36,6 +36,7 @@ from gateway.redis_client import connect
 from gateway.redis_keys import KeyNames
 from gateway.sealing import Sealer
 from gateway.settings import Settings, from_env
+from gateway.source_log import SourceLog, UnlistedSources
 from gateway.stream_monitor import NOT_SAMPLED, StreamMonitor
 from gateway.tasks import stop_task
 from gateway.webhooks import WebhookHandler, match_route
@@ -122,12 +123,15 @@ class GatewayApp:
             late_s=settings.call_aware_late_s,
             ttl_s=settings.call_aware_ttl_s,
         )
+        source_log = SourceLog(redis, self._names, ttl_s=settings.unlisted_sources_ttl_s)
+        unlisted = UnlistedSources(source_log)  # allowlist discovery (docs/operations.md)
         webhooks = WebhookHandler(
             keystore=keystore,
             forwarder=forwarder,
             verifiers=verifiers,
             answers=answers,
             calls=calls,
+            unlisted=unlisted,
             origin=OriginResolver(settings.trusted_proxies, settings.public_base),
             max_body_bytes=settings.max_body_bytes,
             clock=self._clock,
@@ -140,7 +144,7 @@ class GatewayApp:
             inspect=self._inspector.store.record if self._inspector is not None else None,
         )
         self.components = Components(redis, keystore, forwarder, webhooks)
-        self._admin = AdminAPI(keystore, settings.admin_token)
+        self._admin = AdminAPI(keystore, settings.admin_token, sources=source_log)
         with contextlib.suppress(Exception):  # Redis may be down at start: /readyz says so
             await redis.script_load(FORWARD_SCRIPT)
         readiness = self._names.readiness
@@ -165,6 +169,7 @@ class GatewayApp:
             if dispatch is not None:
                 await dispatch.aclose()
             await keystore.stop_invalidation()
+            await unlisted.stop()  # records still being written get a moment, then are dropped
             await redis.aclose()
             self.components = None
             await stop_task(flusher)  # its last flush folds the last requests' counts in
@@ -179,6 +184,7 @@ class GatewayApp:
             StarletteRoute("/metrics", self._metrics, methods=["GET"]),
             StarletteRoute("/admin/phones", self._admin_dispatch, methods=["GET"]),
             StarletteRoute("/admin/phones/{phone_id}", self._admin_dispatch, methods=["GET", "PUT", "DELETE"]),
+            StarletteRoute("/admin/{provider}/sources", self._admin_sources, methods=["GET"]),
             *(self._inspector.routes() if self._inspector is not None else []),  # the admin port only
         ]
 
@@ -229,6 +235,9 @@ class GatewayApp:
             ("DELETE", True): api.delete_phone,
         }[(request.method, "phone_id" in request.path_params)]
         return await route(request)
+
+    async def _admin_sources(self, request: Request) -> Response:
+        return await self._admin.unlisted_sources(request)
 
     # ---- ASGI ---------------------------------------------------------------
 

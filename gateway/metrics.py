@@ -28,6 +28,7 @@ from prometheus_client import (
 )
 
 from gateway.errors import NotReplicated, Reason
+from gateway.providers import Provider
 from gateway.providers.registry import CARRIERS, ROUTES
 
 PROVIDERS = tuple(provider.value for provider in CARRIERS)
@@ -92,6 +93,18 @@ CALL_EVENTS = Counter(
     "call_aware_events",
     "Call-aware: events held until their call's answer arrived, and held events released into the stream.",
     ["provider", "result"],
+    namespace="gateway",
+)
+UNLISTED_SOURCES = Counter(
+    "unlisted_source_requests",
+    "Requests refused for their source address that proved their phone's account otherwise (allowlist "
+    "discovery: GET /admin/{provider}/sources lists their networks).",
+    ["provider"],
+    namespace="gateway",
+)
+UNLISTED_SOURCE_WRITES_SKIPPED = Counter(
+    "unlisted_source_writes_skipped",
+    "Allowlist discovery records not written because too many writes were already in flight.",
     namespace="gateway",
 )
 REDIS_UP = Gauge(
@@ -168,6 +181,8 @@ def preinitialise() -> None:
             ANSWERS.labels(provider, result)
         for result in CALL_EVENT_RESULTS:
             CALL_EVENTS.labels(provider, result)
+        if CARRIERS[Provider(provider)].proof_without_source is not None:
+            UNLISTED_SOURCES.labels(provider)
     for result in ("hit", "miss", "negative_hit"):
         CACHE.labels(result)
 

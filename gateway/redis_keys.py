@@ -121,6 +121,12 @@ class KeyNames:
         state = self.call(phone_id, call_id)
         return state, f"{state}:timeline", f"{state}:held"
 
+    def unlisted_sources(self, provider: str) -> tuple[str, str]:
+        """Allowlist discovery (gateway/source_log.py): a carrier's index of source networks (a sorted
+        set scored by last seen) and their counts (a hash), in one cluster slot (one hash tag)."""
+        tag = "{" + f"{self.prefix}:unlisted-sources".replace("{", "").replace("}", "") + "}"
+        return f"{tag}:{provider}:index", f"{tag}:{provider}:networks"
+
     @property
     def unused(self) -> str:
         """A placeholder key in the stream's slot, for script arguments that are absent."""

@@ -66,6 +66,7 @@ class Settings:
     key_prefix: str = "gateway"
     max_body_bytes: int = 64 * 1024
     telnyx_tolerance_s: int = 300  # telnyx-python webhook_verification.py default
+    unlisted_sources_ttl_s: int = 7 * 86_400  # allowlist discovery: how long a source is kept (gateway/source_log.py)
     nonce_ttl_s: int = 86_400
     idempotency_ttl_s: int = 86_400
     cache_ttl_s: float = 5.0
@@ -332,6 +333,7 @@ KNOWN_NAMES = frozenset(
         "GATEWAY_LIMIT_CONCURRENCY",
         "GATEWAY_BACKLOG",
         "GATEWAY_EXPLAIN_MISMATCHES",
+        "GATEWAY_UNLISTED_SOURCES_TTL_S",
         "GATEWAY_INSPECTOR",
         "GATEWAY_INSPECTOR_MAX_REQUESTS",
         "GATEWAY_INSPECTOR_MASK_NUMBERS",
@@ -595,6 +597,7 @@ def from_env(environ: Mapping[str, str] | None = None, toml_path: Path | None = 
         ("GATEWAY_TELNYX_TOLERANCE_S", "telnyx_tolerance_s", 1, 3600),
         ("GATEWAY_NONCE_TTL_S", "nonce_ttl_s", 60, None),
         ("GATEWAY_IDEMPOTENCY_TTL_S", "idempotency_ttl_s", 60, None),
+        ("GATEWAY_UNLISTED_SOURCES_TTL_S", "unlisted_sources_ttl_s", 60, 366 * 86_400),
         ("GATEWAY_CACHE_MAX_ENTRIES", "cache_max_entries", 1, None),
         ("GATEWAY_REDIS_MAX_CONNECTIONS", "redis_max_connections", 2, None),
         ("GATEWAY_PORT", "port", 0, 65535),

@@ -10,9 +10,9 @@ import argparse
 from collections.abc import Sequence
 
 from gateway import __version__
-from gateway.cli import consume, explain, genkey, phones, serve, sign
+from gateway.cli import consume, explain, genkey, phones, serve, sign, sources
 
-COMMANDS = (serve, phones, genkey, explain, sign, consume)  # in `gateway --help` order
+COMMANDS = (serve, phones, genkey, explain, sign, consume, sources)  # in `gateway --help` order
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -158,6 +158,27 @@ def explain(data: ExplainInput) -> tuple[list[str], bool]:
     return lines, ok
 
 
+def token_proves_account(request: InboundRequest, creds: PhoneCredentials, now: float) -> bool:
+    """Allowlist discovery: the request carries one of the phone's active tokens, once (constant time).
+
+    False for a phone without a token: an address alone proves nothing. The source address is
+    not looked at (the verifier has refused it already).
+    """
+    if not creds.keys.get(KeyKind.EXOTEL_WEBHOOK_TOKEN):
+        return False
+    try:
+        presented = [value for name, value in request.query_params() if name == TOKEN_PARAM]
+    except Rejected:
+        return False
+    if len(presented) != 1 or not presented[0]:
+        return False
+    token = presented[0].encode("utf-8")
+    matched = False
+    for key in creds.active_keys(KeyKind.EXOTEL_WEBHOOK_TOKEN, now):
+        matched |= hmac.compare_digest(key.material, token)  # every key compared: no early exit
+    return matched
+
+
 SPEC = CarrierSpec(
     provider=Provider.EXOTEL,
     family=RouteFamily.EXOTEL,
@@ -184,4 +205,5 @@ SPEC = CarrierSpec(
     signing_key=lambda _algorithm: KeyKind.EXOTEL_WEBHOOK_TOKEN,
     unsigned_proof=unsigned_proof,
     explain_unsigned=explain,
+    proof_without_source=token_proves_account,
 )

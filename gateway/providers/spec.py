@@ -186,3 +186,9 @@ class CarrierSpec:
     explain_hint: tuple[str, ...] = ()  # `explain`: lines after a failed signature that covers no URL
     # `explain` for a carrier that signs nothing: (its report lines, whether the request passes).
     explain_unsigned: Callable[[ExplainInput], tuple[list[str], bool]] | None = None
+    # ---- allowlist discovery (gateway/source_log.py) ----
+    # For a carrier checked by source address: (request, phone, now) -> the request proves, without
+    # its address, that it comes from the phone's account (Exotel: the phone's ?token=). A request
+    # refused for its address (ip_not_allowed) that passes has its network recorded for the
+    # operator to confirm with the carrier; it is never accepted, the allowlist never changed.
+    proof_without_source: Callable[[InboundRequest, PhoneCredentials, float], bool] | None = None
