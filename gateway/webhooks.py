@@ -142,7 +142,6 @@ class WebhookHandler:
         explain: Callable[[InboundRequest, PhoneCredentials, Verifier, float], object] | None = None,
         calls: CallAware | None = None,
         unlisted: Callable[[InboundRequest, PhoneCredentials, float], object] | None = None,
-        unlisted: Callable[[InboundRequest, PhoneCredentials, float], object] | None = None,
         access_log_mode: str = "failed",
         inspect: Callable[[Scope, str, str | None, int, str, str, str], None] | None = None,
     ) -> None:
@@ -152,7 +151,6 @@ class WebhookHandler:
         self._verifiers = verifiers
         self._answers = answers
         self._calls = calls  # call-aware replay defence (gateway/calls.py); None: never
-        self._unlisted = unlisted  # gateway/source_log.py: records proven sources refused for their address
         self._unlisted = unlisted  # gateway/source_log.py: records proven sources refused for their address
         self._origin = origin
         self._max_body = max_body_bytes
@@ -286,8 +284,6 @@ class WebhookHandler:
             if rejection.reason is Reason.INVALID_SIGNATURE and self._explain is not None:
                 # Diagnosis only: never accepts. Kept in the scope for the inspector.
                 scope[DIAGNOSIS_KEY] = self._explain(inbound, creds, self._verifiers[provider], now)
-            if rejection.reason is Reason.IP_NOT_ALLOWED and self._unlisted is not None:
-                self._unlisted(inbound, creds, now)  # allowlist discovery: records, never accepts, never raises
             if rejection.reason is Reason.IP_NOT_ALLOWED and self._unlisted is not None:
                 self._unlisted(inbound, creds, now)  # allowlist discovery: records, never accepts, never raises
             return await self._reject(send, rejection.reason, provider_label)
