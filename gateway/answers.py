@@ -213,14 +213,26 @@ class Answerer:
         event: bytes,
         idempotency_key: str | None,
         now: float,
+        *,
+        entry_id: str = "",
+        duplicate: bool = False,
     ) -> Answer:
-        """The answer for an accepted (forwarded or duplicate) request."""
+        """The answer for an accepted (forwarded or duplicate) request.
+
+        `entry_id`: the stream entry of the event's first acceptance (for a duplicate, the one
+        the forwarder found). Everything in the answer comes from the request and that entry:
+        the capability token is issued as of the first acceptance (`acceptance_time`), so a
+        copy of the request is answered with the same bytes, never a fresher token. In proxy
+        mode a duplicate is POSTed to dispatch again, marked `gateway-duplicate-of: <entry id>`.
+        """
         if not self.has_content(provider, kind):
             return EMPTY
+        issued_at = acceptance_time(entry_id, now)
         if self.mode_for(provider, creds.config) == PROXY:
-            return await self._proxy(provider, creds, inbound, event, idempotency_key, now)
+            duplicate_of = entry_id if duplicate and "-" in entry_id else None  # a stream entry id, not "held"
+            return await self._proxy(provider, creds, inbound, event, idempotency_key, issued_at, duplicate_of)
         metrics.answer_counter(provider.value, "template").inc()
-        return self._from_template(provider, creds, inbound, now)
+        return self._from_template(provider, creds, inbound, issued_at)
 
     # ---- template ---------------------------------------------------------
 
@@ -283,11 +295,14 @@ class Answerer:
         event: bytes,
         idempotency_key: str | None,
         now: float,
+        duplicate_of: str | None = None,
     ) -> Answer:
         if self._dispatch is None:
             return self._fallback(provider, creds, inbound, now, "not_configured")
         started = time.perf_counter()
-        reply = await self._dispatch.request_answer(event, webhook_id_of(event, idempotency_key))
+        reply = await self._dispatch.request_answer(
+            event, webhook_id_of(event, idempotency_key), duplicate_of=duplicate_of
+        )
         metrics.DISPATCH_LATENCY.observe(time.perf_counter() - started)
         if not reply.ok:
             return self._fallback(provider, creds, inbound, now, reply.result)
@@ -336,6 +351,14 @@ class Answerer:
         )
         self._fallback_log_at = current
         self._fallbacks_unlogged = 0
+
+
+def acceptance_time(entry_id: str, default: float) -> float:
+    """Unix seconds of an event's first acceptance: the millisecond part of its stream entry id
+    (Redis's clock at the XADD, the same for the first answer and every duplicate's); `default`
+    when the id has no time (an event held by the call-aware defence)."""
+    millis = entry_id.partition("-")[0]
+    return int(millis) / 1000 if millis.isascii() and millis.isdigit() else default
 
 
 def current_hold_round(inbound: InboundRequest) -> int:

@@ -25,6 +25,7 @@ from gateway.envelope_signing import signed_headers
 
 MAX_ANSWER_BYTES = 100 * 1024  # Plivo/Vobiz refuse answer XML over 100 KB; no carrier needs more
 USER_AGENT = "telephony-webhook-gateway"
+DUPLICATE_HEADER = "gateway-duplicate-of"  # on a duplicate's proxied request: the first acceptance's entry id
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,9 +73,16 @@ class DispatchClient:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def request_answer(self, event: bytes, msg_id: str) -> Reply:
-        """POST the event; a Reply within the budget, whatever happens."""
+    async def request_answer(self, event: bytes, msg_id: str, *, duplicate_of: str | None = None) -> Reply:
+        """POST the event; a Reply within the budget, whatever happens.
+
+        `duplicate_of`: the stream entry id of the event's first acceptance when this request
+        is a duplicate (a carrier's retry, a copy): sent as `gateway-duplicate-of`, with the
+        same `webhook-id` as the first, so dispatch answers it with the document it gave then.
+        """
         headers = signed_headers(self._keys, event, msg_id, int(self._clock()))
+        if duplicate_of is not None:
+            headers[DUPLICATE_HEADER] = duplicate_of
         try:
             async with asyncio.timeout(self.timeout_s):
                 async with self._client.stream("POST", self.url, content=event, headers=headers) as response:

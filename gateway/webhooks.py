@@ -271,7 +271,7 @@ class WebhookHandler:
                 redact=spec.secret_params,
             )
             call = self._calls.check(provider, route.kind, creds, inbound, now) if self._calls is not None else None
-            result, _entry_id = await self._forwarder.forward(
+            result, entry_id = await self._forwarder.forward(
                 creds.phone_id,
                 event,
                 nonce=verified.nonce,
@@ -306,7 +306,18 @@ class WebhookHandler:
         if not self._answers.has_content(provider, route.kind):  # every status callback: no coroutine to run
             await respond(send, 200)
             return 200, outcome, "", provider_label
-        answer = await self._answers.answer(provider, route.kind, creds, inbound, event, idempotency_key, now)
+        # A duplicate is answered from its first acceptance (entry_id): the same bytes again.
+        answer = await self._answers.answer(
+            provider,
+            route.kind,
+            creds,
+            inbound,
+            event,
+            idempotency_key,
+            now,
+            entry_id=entry_id,
+            duplicate=result is Outcome.DUPLICATE,
+        )
         await respond(send, answer.status, answer.body, answer.content_type)
         return answer.status, outcome, "", provider_label
 

@@ -409,6 +409,10 @@ def test_carrier_retry_is_proxied_again_but_streamed_once(
     assert first.content == again.content == dispatch.body
     assert len(stream_events(redis_sync)) == 1
     assert [s.headers["webhook-id"] for s in dispatch.seen] == [stream_events(redis_sync)[0]["idempotency_key"]] * 2
+    # The retry is marked as the duplicate of the entry already in the stream (issue 14 item 1);
+    # the first request is not.
+    (entry_id, _fields), *_ = redis_sync.xrange(STREAM)
+    assert [s.headers.get("gateway-duplicate-of") for s in dispatch.seen] == [None, entry_id.decode()]
 
 
 def test_hold_fallback_redirects_back_a_bounded_number_of_times(redis_url: str, dispatch: Dispatch) -> None:

@@ -15,6 +15,7 @@ import orjson
 import pytest
 import redis
 
+from gateway.capability import verify_token
 from gateway.providers import plivo, twilio, vobiz
 from tests.helpers.builders import (
     new_token,
@@ -218,4 +219,65 @@ def test_vobiz_with_one_nonce_in_both_families_is_accepted_once(gw: RunningGatew
     request["headers"]["X-Vobiz-Signature-V3"] = vobiz.sign_vobiz_v3(token, request["url"], nonce)
     request["headers"]["X-Vobiz-Signature-V3-Nonce"] = nonce
     assert send_as_carrier(gw, request).status_code == 200
+    assert stream_length(redis_sync) == 1
+
+
+# ---- item 1: a duplicate yields nothing new ---------------------------------------------------
+
+CAPABILITY_KEY = "c" * 64
+TOKEN_TEMPLATE = (
+    '<Response><Connect><Stream url="wss://agent.example.com/media">$stream_token</Stream></Connect></Response>'
+)
+
+
+@pytest.fixture(scope="module")
+def template_gw(redis_server: str, clock: Clock) -> Iterator[RunningGateway]:
+    settings = make_settings(
+        redis_server, GATEWAY_CAPABILITY_KEY=CAPABILITY_KEY, GATEWAY_TWILIO_ANSWER_TEMPLATE=TOKEN_TEMPLATE
+    )
+    with run_gateway(settings, clock=clock) as running:
+        yield running
+
+
+def stream_token(answer: bytes) -> str:
+    return answer.split(b'"wss://agent.example.com/media">', 1)[1].split(b"<", 1)[0].decode()
+
+
+def test_a_copied_twilio_answer_request_gets_the_first_answer_byte_for_byte(
+    template_gw: RunningGateway, clock: Clock, redis_sync: redis.Redis
+) -> None:
+    """Twilio signs no nonce and no time: a copy of its answer request used to mint a fresh
+    $stream_token with a later expiry on every replay (75 s later here)."""
+    phone_id, token = random_id(), new_token()
+    template_gw.put_phone(twilio_phone(phone_id, token))
+    params = twilio_params()
+    request = twilio_request(token, phone_id, kind="incoming", params=params)
+    clock.now = NOW
+    first = send_as_carrier(template_gw, request)
+    assert first.status_code == 200 and stream_token(first.content)
+    clock.now = NOW + 75
+    copy = send_as_carrier(template_gw, request)
+    assert copy.status_code == 200
+    assert copy.content == first.content
+    assert copy.headers["content-type"] == first.headers["content-type"]
+    assert stream_length(redis_sync) == 1
+
+
+def test_a_resplit_answer_request_gets_no_later_token(
+    template_gw: RunningGateway, clock: Clock, redis_sync: redis.Redis
+) -> None:
+    """A re-split copy renders its own (regrouped) call id, but its token is issued as of the
+    first acceptance: it expires with the first answer's, never later."""
+    phone_id, token = random_id(), new_token()
+    template_gw.put_phone(twilio_phone(phone_id, token))
+    params = twilio_params()
+    request = twilio_request(token, phone_id, kind="incoming", params=params)
+    first = send_as_carrier(template_gw, request)
+    clock.now = NOW + 75
+    merged = merged_twilio_params(params)
+    copy = send_as_carrier(template_gw, resplit(request, merged))
+    assert copy.status_code == 200
+    first_expiry = verify_token(CAPABILITY_KEY, stream_token(first.content), dict(params)["CallSid"], phone_id, 0)
+    copy_expiry = verify_token(CAPABILITY_KEY, stream_token(copy.content), dict(merged)["CallSid"], phone_id, 0)
+    assert copy_expiry == first_expiry
     assert stream_length(redis_sync) == 1
