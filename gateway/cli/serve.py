@@ -34,9 +34,9 @@ import uvicorn
 from prometheus_client import multiprocess
 from uvicorn.supervisors.multiprocess import Process
 
-from gateway.cli.common import STARTUP_FAILURE, DevelopmentMode, development_mode, generate_key
+from gateway.cli.common import STARTUP_FAILURE, DevelopmentMode, development_mode, development_needed, generate_key
 from gateway.embedded_redis import EmbeddedRedis, EmbeddedRedisError, ServerLock
-from gateway.settings import Settings, SettingsError, from_env
+from gateway.settings import Settings, SettingsError, configured, from_env
 
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s %(message)s"  # the pid tells workers apart
 log = logging.getLogger("gateway.serve")
@@ -198,19 +198,20 @@ class Development:
     admin_token_generated: bool
 
 
-def prepare_development(env: dict[str, str]) -> Development:
+def prepare_development(env: dict[str, str], *, kek_needed: bool, admin_token_needed: bool) -> Development:
     """Lock the directory (EmbeddedRedisBusy when a server runs here) and complete `env` with the
-    server's URL and the session secrets. Nothing is started or written yet but the lock file."""
+    server's URL and the session secrets that neither the environment nor the TOML file sets.
+    Nothing is started or written yet but the lock file."""
     mode = development_mode()
     url = f"unix://{mode.socket.resolve()}"  # where EmbeddedRedis(mode.redis_dir, unix_socket=True) listens
     lock = ServerLock(mode.redis_dir).acquire(url)
     env["GATEWAY_REDIS_URL"] = url
     kek = None
-    if not env.get("GATEWAY_KEK"):
+    if kek_needed:
         kept = mode.kek()
         kek = "reused" if kept is not None else "generated"
         env["GATEWAY_KEK"] = kept or generate_key()  # validated now, kept once the port is bound
-    admin_token_generated = not env.get("GATEWAY_ADMIN_TOKEN")
+    admin_token_generated = admin_token_needed
     if admin_token_generated:
         env["GATEWAY_ADMIN_TOKEN"] = secrets.token_urlsafe(32)
     return Development(mode, lock, kek, admin_token_generated)
@@ -260,9 +261,18 @@ def run(args: argparse.Namespace) -> int:
         if value is not None:
             env[name] = str(value)
     development = None
-    if not env.get("GATEWAY_REDIS_URL"):
+    try:
+        # Development mode fills in only what neither the environment nor config/gateway.toml sets.
+        missing = development_needed(env)
+        admin_token_needed = not configured(env).get("GATEWAY_ADMIN_TOKEN")
+    except SettingsError as exc:
+        sys.stderr.write(f"gateway: invalid setting: {exc}\n")
+        return STARTUP_FAILURE
+    if "GATEWAY_REDIS_URL" in missing:
         try:
-            development = prepare_development(env)
+            development = prepare_development(
+                env, kek_needed="GATEWAY_KEK" in missing, admin_token_needed=admin_token_needed
+            )
         except EmbeddedRedisError as exc:
             sys.stderr.write(f"gateway: {exc}\n")
             return STARTUP_FAILURE
