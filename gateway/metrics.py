@@ -36,7 +36,10 @@ KINDS = tuple(dict.fromkeys(route.kind for _family, route in ROUTES.values()))
 OUTCOMES = ("accepted", "duplicate", "held", "rejected", "unavailable", "too_large", "bad_request")
 ANSWER_RESULTS = ("template", "proxied", "timeout", "error", "bad_status", "too_large", "not_configured")
 CALL_EVENT_RESULTS = ("held", "released")
-MISMATCHES = ("scheme", "port", "host", "query_order", "query_encoding", "form_vs_raw", "trailing_slash", "path_prefix")
+MISMATCHES = (
+    *("scheme", "port", "host", "query_order", "query_encoding", "form_vs_raw", "trailing_slash", "path_prefix"),
+    *("body_newline", "body_json", "body_encoding"),
+)
 
 REQUESTS = Counter(
     "requests",

@@ -41,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
                 public_base=settings.public_base,
                 public_url=args.public_url,
                 tolerance_s=settings.telnyx_tolerance_s,
+                allowlist=settings.verifier_options().ip_allowlist,
+                trusted_proxies=settings.trusted_proxies,
             )
             sys.stdout.write("\n".join(lines) + "\n")
             return status

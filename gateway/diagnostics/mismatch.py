@@ -13,14 +13,16 @@ matching variant is never forwarded, its nonce never recorded. Pure functions ov
 InboundRequest + PhoneCredentials + verifier; `MismatchExplainer` adds the metric,
 the rate-limited warning and the CPU budget for the request path.
 
-Only the carriers whose signature covers the URL are diagnosed (`CarrierSpec.url_signing`):
-Plivo, Vobiz and Twilio. Telnyx signs timestamp + body (no URL); Exotel does not sign at all.
+Only the carriers whose signature covers the URL (`CarrierSpec.url_signing`: Plivo, Vobiz,
+Twilio) or the raw body (`CarrierSpec.signed_body`: Telnyx, whose body is tried with or without a
+trailing newline, re-serialised as JSON, re-encoded) are diagnosed; Exotel does not sign at all.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import logging
 import re
 import time
@@ -41,8 +43,8 @@ from gateway.settings import PublicBase
 
 log = logging.getLogger("gateway.explain")  # the name operators filter on (docs/explain-and-sign.md)
 
-# Carriers whose signature covers the URL (not those signing timestamp|body, nor the unsigned).
-SUPPORTED = frozenset(provider for provider, spec in CARRIERS.items() if spec.url_signing is not UrlSigning.NONE)
+# Carriers whose signature covers the URL or the raw body (not the unsigned).
+SUPPORTED = frozenset(p for p, spec in CARRIERS.items() if spec.url_signing is not UrlSigning.NONE or spec.signed_body)
 # Variants tried per failed request on the request path (each is one verifier run).
 MAX_VARIANTS = 16
 
@@ -54,8 +56,12 @@ QUERY_ENCODING = "query_encoding"
 FORM_VS_RAW = "form_vs_raw"
 TRAILING_SLASH = "trailing_slash"
 PATH_PREFIX = "path_prefix"
+BODY_NEWLINE = "body_newline"
+BODY_JSON = "body_json"
+BODY_ENCODING = "body_encoding"
 LABELS = (SCHEME, PORT, HOST, QUERY_ORDER, QUERY_ENCODING, FORM_VS_RAW, TRAILING_SLASH, PATH_PREFIX)
-if not set(LABELS) <= set(metrics.MISMATCHES):  # the metric's fixed vocabulary
+BODY_LABELS = (BODY_NEWLINE, BODY_JSON, BODY_ENCODING)
+if not set(LABELS + BODY_LABELS) <= set(metrics.MISMATCHES):  # the metric's fixed vocabulary
     raise RuntimeError("gateway.metrics.MISMATCHES lacks an explain label")
 
 # What the operator should do, per label. No request data in here.
@@ -75,6 +81,12 @@ HINTS: Mapping[str, str] = {
     "byte for byte",
     FORM_VS_RAW: "the Content-Type does not say how the body was signed (form parameters vs raw body); make the "
     "proxy pass Content-Type and the body through unchanged",
+    BODY_NEWLINE: "the body differs by a trailing newline (a proxy or framework adds or strips it); pass the raw "
+    "body through byte for byte",
+    BODY_JSON: "the JSON body was parsed and re-serialised on the way (spacing, escaping or indentation changed); "
+    "verify the raw bytes as received, before any JSON parsing, and make proxies pass them through",
+    BODY_ENCODING: "the body's bytes were re-encoded on the way (UTF-8 read as Latin-1, or line endings changed); "
+    "pass the raw body through byte for byte",
 }
 
 _MAX_SHOWN = 80  # characters of a header-derived value shown in a description
@@ -329,6 +341,50 @@ def _body_edits(inbound: InboundRequest, provider: Provider) -> list[_Edit]:
     return [_edit(FORM_VS_RAW, f"body as form parameters (Content-Type {FORM_CONTENT_TYPE})", headers=headers)]
 
 
+_MAX_JSON_BODY = 256 * 1024  # re-serialising a larger body is not worth the CPU
+
+
+def _raw_body_edits(inbound: InboundRequest) -> list[_Edit]:
+    """The body the carrier likely signed, for carriers signing the raw bytes (`CarrierSpec.signed_body`)."""
+    body = inbound.body
+    edits: list[_Edit] = []
+    if body.endswith(b"\r\n"):
+        edits.append(_edit(BODY_NEWLINE, "body without its trailing CRLF", body=body[:-2]))
+    elif body.endswith(b"\n"):
+        edits.append(_edit(BODY_NEWLINE, "body without its trailing newline", body=body[:-1]))
+    else:
+        edits.append(_edit(BODY_NEWLINE, "body with a trailing newline", body=body + b"\n"))
+    if body and len(body) <= _MAX_JSON_BODY:
+        try:
+            document = json.loads(body)
+        except ValueError:  # not JSON (or not UTF-8)
+            document = None
+        if isinstance(document, dict | list):
+            styles = (
+                ("compact", {"separators": (",", ":"), "ensure_ascii": False}),
+                ("compact, non-ASCII escaped", {"separators": (",", ":"), "ensure_ascii": True}),
+                ("with spaces after , and :", {"ensure_ascii": False}),
+                ("with spaces, non-ASCII escaped", {"ensure_ascii": True}),
+            )
+            for name, options in styles:
+                text = json.dumps(document, **options).encode("utf-8")
+                edits.append(_edit(BODY_JSON, f"body re-serialised as JSON ({name})", body=text))
+    if b"\r\n" in body.rstrip(b"\r\n"):
+        edits.append(_edit(BODY_ENCODING, "body with LF line endings (not CRLF)", body=body.replace(b"\r\n", b"\n")))
+    if not body.isascii():
+        try:
+            edits.append(
+                _edit(
+                    BODY_ENCODING,
+                    "body as Latin-1 bytes (it was re-encoded as UTF-8)",
+                    body=body.decode().encode("latin-1"),
+                )
+            )
+        except (UnicodeDecodeError, UnicodeEncodeError):
+            pass
+    return edits
+
+
 # Parsed values an InboundRequest caches, and what they are derived from. Whitelisted: a
 # cache entry not named here is never shared with a variant (it is recomputed).
 _DERIVED_FROM_QUERY = frozenset({"query", "params"})
@@ -336,7 +392,7 @@ _DERIVED_FROM_BODY = frozenset({"form", "params"})
 _SHAREABLE = frozenset({"query", "form", "params"})
 
 
-def _identity(inbound: InboundRequest, fields: Mapping[str, Any]) -> tuple[str, ...]:
+def _identity(inbound: InboundRequest, fields: Mapping[str, Any]) -> tuple[str | bytes, ...]:
     headers = fields.get("headers", inbound.headers)
     return (
         fields.get("scheme", inbound.scheme),
@@ -344,6 +400,7 @@ def _identity(inbound: InboundRequest, fields: Mapping[str, Any]) -> tuple[str, 
         fields.get("raw_path", inbound.raw_path),
         fields.get("query_string", inbound.query_string),
         headers.get("content-type", ""),
+        fields.get("body", inbound.body),
     )
 
 
@@ -361,6 +418,11 @@ def variants(
     """
     if provider not in SUPPORTED:
         return
+    if spec_for(provider).signed_body:
+        body_edits = [(edit,) for edit in _raw_body_edits(inbound)]
+        if spec_for(provider).url_signing is UrlSigning.NONE:  # only the body can explain it
+            yield from _unique(inbound, [lambda: body_edits])
+            return
     flipped = "http" if inbound.scheme == "https" else "https"
     scheme = _edit(SCHEME, f"scheme={flipped}", scheme=flipped)
     memo: dict[str, list[_Edit]] = {}
@@ -385,6 +447,13 @@ def variants(
         lambda: ((scheme, edit) for edit in paths()),
         lambda: ((netloc, path) for netloc in netlocs() for path in paths()),
     )
+    yield from _unique(inbound, families)
+
+
+def _unique(
+    inbound: InboundRequest, families: Iterable[Callable[[], Iterable[tuple[_Edit, ...]]]]
+) -> Iterator[Variant]:
+    """Each family's variants in order, skipping duplicates (and the request itself)."""
     seen = {_identity(inbound, {})}
     for family in families:
         for edits in family():
@@ -397,7 +466,7 @@ def variants(
             keep = _SHAREABLE
             if "query_string" in fields:
                 keep = keep - _DERIVED_FROM_QUERY
-            if "headers" in fields:
+            if "headers" in fields or "body" in fields:
                 keep = keep - _DERIVED_FROM_BODY
             cache = {name: value for name, value in inbound._cache.items() if name in keep}
             yield Variant(tuple(edit.change for edit in edits), dataclasses.replace(inbound, **fields, _cache=cache))

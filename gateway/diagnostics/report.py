@@ -12,6 +12,7 @@ comes from their specs (gateway/providers/registry.py).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from urllib.parse import urlsplit
 
@@ -24,8 +25,9 @@ from gateway.errors import Rejected
 from gateway.events import REDACTED_PARAMS, strip_query_params
 from gateway.inbound import InboundRequest
 from gateway.providers import PhoneCredentials, Verifier
+from gateway.providers.allowlist import Allowlist, Network
 from gateway.providers.registry import spec_for
-from gateway.providers.spec import ExplainInput, UrlSigning, VerifierOptions
+from gateway.providers.spec import CarrierSpec, ExplainInput, UrlSigning, VerifierOptions
 from gateway.settings import PublicBase
 
 # The CLI can afford more variants than the request path.
@@ -141,6 +143,8 @@ def report(
     public_url: str | None,
     tolerance_s: int = 300,
     now: float | None = None,
+    allowlist: Allowlist | None = None,
+    trusted_proxies: tuple[Network, ...] | None = None,
 ) -> tuple[list[str], int]:
     """The lines to print and the exit status (0 verifies as captured, 1 does not)."""
     now = time.time() if now is None else now
@@ -157,8 +161,17 @@ def report(
 
     if spec.explain_unsigned is not None:  # it signs nothing: what the gateway checks instead
         redacted = strip_query_params(received.query_string, REDACTED_PARAMS)
-        more, passes = spec.explain_unsigned(ExplainInput(received, creds, now, redacted))
+        data = ExplainInput(received, creds, now, redacted, allowlist=allowlist, trusted_proxies=trusted_proxies)
+        more, passes = spec.explain_unsigned(data)
         return lines + more, 0 if passes else 1
+
+    if spec.signature_headers and not any(received.headers.get(h.lower()) for h in spec.signature_headers):
+        lines.append(f"signature: none ({', '.join(spec.signature_headers)} all absent): refused 401 missing_signature")
+        lines += spec.explain_no_signature or (
+            f"  {spec.title} signs its callbacks: a request without these headers was not sent by {spec.title},",
+            "  or a proxy dropped them on the way.",
+        )
+        return lines, 1
 
     verifier = spec.make_verifier(VerifierOptions(timestamp_tolerance_s=tolerance_s))
     check_now = now
@@ -175,10 +188,15 @@ def report(
             "the gateway rejects it as stale (a replayed capture, or clock skew)"
         )
         status = 1
+    if not ok:
+        lines += _key_lines(spec, verifier, received, creds, check_now)
     if spec.url_signing is UrlSigning.NONE:  # no URL variant can explain a failure
         for what, text in strings_to_sign(received, provider):
             lines += [f"the carrier signs, {what}:", f"  {shown(text)}"]
         if not ok:
+            # The body as the carrier likely sent it (re-serialised JSON, a newline, an encoding).
+            if spec.signed_body and _variants(lines, received, creds, verifier, check_now, None, "", body_only=True):
+                return lines, status
             lines += spec.explain_hint
         return lines, status
 
@@ -200,6 +218,28 @@ def report(
             return lines, status
         hint, hint_source = PublicBase(configured.scheme, configured.netloc, ""), "--public-url"
 
+    if not _variants(lines, received, creds, verifier, now, hint, hint_source):
+        lines.append(
+            "diagnosis: no variant matches: the auth token differs (rotated? sub-account?), the body was changed "
+            "on the way, or the request is forged."
+            + ("" if public_url else " Try --public-url with the callback URL configured at the carrier.")
+        )
+    return lines, status
+
+
+def _variants(
+    lines: list[str],
+    received: InboundRequest,
+    creds: PhoneCredentials,
+    verifier: Verifier,
+    now: float,
+    hint: PublicBase | None,
+    hint_source: str,
+    *,
+    body_only: bool = False,
+) -> bool:
+    """Append the variants tried (gateway/diagnostics/mismatch.py) and the first match; True if one matched."""
+    provider = creds.provider
     tried: list[tuple[mismatch.Variant, bool]] = []
     found: mismatch.Variant | None = None
     for variant, verified in mismatch.attempts(
@@ -209,17 +249,33 @@ def report(
         if verified is not None:
             found = variant
             break
-    lines.append(f"variants tried: {len(tried)}")
+    lines.append(f"{'body ' if body_only else ''}variants tried: {len(tried)}")
     for variant, matched in tried:
         lines.append(f"  {'MATCH' if matched else 'no   '}  [{variant.label}] {variant.description}")
-    if found is not None:
-        lines.append(f"diagnosis: {mismatch.Diagnosis(provider, found, None, len(tried)).message()}")
+    if found is None:
+        return False
+    lines.append(f"diagnosis: {mismatch.Diagnosis(provider, found, None, len(tried)).message()}")
+    if not body_only:  # a body is not shown: it may hold personal data, and the capture has it
         for what, text in strings_to_sign(found.request, provider):
             lines += [f"the carrier signed, {what}:", f"  {shown(text)}"]
-    else:
-        lines.append(
-            "diagnosis: no variant matches: the auth token differs (rotated? sub-account?), the body was changed "
-            "on the way, or the request is forged."
-            + ("" if public_url else " Try --public-url with the callback URL configured at the carrier.")
-        )
-    return lines, status
+    return True
+
+
+def _key_lines(
+    spec: CarrierSpec, verifier: Verifier, request: InboundRequest, creds: PhoneCredentials, now: float
+) -> list[str]:
+    """Which keys were tried, and whether a key no longer active (its rotation window over) verifies."""
+    lines: list[str] = []
+    for kind, keys in creds.keys.items():
+        active = [key.fingerprint for key in keys if key.active(now)]
+        lines.append(f"  {kind.value} keys tried: {', '.join(active) or 'none active'}")
+        for key in keys:
+            if key.active(now):
+                continue
+            alone = dataclasses.replace(creds, keys={kind: (dataclasses.replace(key, expires_at=None),)})
+            if _verdict(verifier, request, alone, now)[0]:
+                lines.append(
+                    f"  signed with {kind.value} {key.fingerprint}, retired at {key.expires_at:.0f} (rotation window "
+                    f"over): {spec.title} still signs with the old key, or the capture is older than the rotation"
+                )
+    return lines

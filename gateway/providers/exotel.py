@@ -148,14 +148,80 @@ def explain(data: ExplainInput) -> tuple[list[str], bool]:
         f"  (this capture says {data.request.client_ip}; the gateway uses the socket peer, or X-Forwarded-For",
         "  from GATEWAY_TRUSTED_PROXIES) and, when the phone has one, the ?token= of the URL.",
     ]
+    lines += _source_lines(data)
     ok = token_matches(data.request, data.creds, data.now)
     if not data.creds.keys.get(KeyKind.EXOTEL_WEBHOOK_TOKEN):
         lines.append("token: the phone has none (IP allowlist only)")
     elif ok:
         lines.append("token: MATCHES the phone's exotel_webhook_token")
     else:
-        lines.append(f"token: missing, repeated or different (query without it: {data.redacted_query or '-'})")
+        try:
+            presented = [value for name, value in data.request.query_params() if name == TOKEN_PARAM]
+        except Rejected:
+            presented = []
+        what = "missing" if not presented else "given more than once" if len(presented) > 1 else "wrong"
+        elsewhere = _token_elsewhere(data)
+        # The token under another name would show in the query: then the query is not shown at all.
+        query = "not shown: it holds the token" if elsewhere else f"the query without it: {data.redacted_query or '-'}"
+        lines.append(f"token: {what} (refused 403; {query})")
+        lines += elsewhere
     return lines, ok
+
+
+def _shown_name(name: str) -> str:
+    return repr(name if name.isprintable() and len(name) <= 40 else name.encode("unicode_escape")[:40].decode())
+
+
+def _token_elsewhere(data: ExplainInput) -> list[str]:
+    """The phone's token under another parameter name, in the query or the form body (never printed)."""
+    keys = data.creds.active_keys(KeyKind.EXOTEL_WEBHOOK_TOKEN, data.now)
+    found: list[str] = []
+    for where, params in (("query", data.request.query_params), ("form body", data.request.form_params)):
+        try:
+            pairs = params()
+        except Rejected:
+            continue
+        for name, value in pairs:
+            token = value.encode("utf-8", "surrogateescape")
+            elsewhere = where != "query" or name != TOKEN_PARAM
+            if elsewhere and any(hmac.compare_digest(key.material, token) for key in keys):
+                found.append(
+                    f"token: the phone's token is in the {where} parameter {_shown_name(name)}: the gateway reads it "
+                    f"only from ?{TOKEN_PARAM}= in the callback URL (configure the URL at Exotel that way)"
+                )
+    return found
+
+
+def _source_lines(data: ExplainInput) -> list[str]:
+    """Which address the gateway checks, whether a proxy hides it, and whether it is allowlisted."""
+    lines: list[str] = []
+    hops = [hop.strip() for hop in data.request.headers.get("x-forwarded-for", "").split(",") if hop.strip()]
+    address = data.request.client_ip
+    if data.trusted_proxies is not None:
+        if hops and not data.trusted_proxies:
+            lines += [
+                "source: the capture carries X-Forwarded-For but GATEWAY_TRUSTED_PROXIES is not set: the gateway",
+                "  ignores it and checks the address that connects to it, behind a load balancer the balancer's",
+                "  own address (refused: ip_not_allowed). Add the balancer's addresses to GATEWAY_TRUSTED_PROXIES.",
+            ]
+            return lines
+        untrusted = [hop for hop in hops if not Allowlist(data.trusted_proxies).contains(hop)]
+        if untrusted:
+            address = untrusted[-1]  # the right-most hop not added by a trusted proxy, as the gateway reads it
+    if data.allowlist is None:
+        return lines
+    if not data.allowlist:
+        lines.append("source: the allowlist is empty: every Exotel request is refused (ip_not_allowed)")
+    elif data.allowlist.contains(address):
+        lines.append(f"source: {address} is in the allowlist")
+    else:
+        lines.append(f"source: {address} is NOT in the allowlist (EXOTEL_ALLOWED_IPS): refused 403 ip_not_allowed")
+    if not data.allowlist or not data.allowlist.contains(address):
+        lines.append(
+            "  Exotel publishes no list: with the phone's valid token such a request's network is recorded"
+            " (gateway exotel sources); confirm it with Exotel support before adding it."
+        )
+    return lines
 
 
 def token_proves_account(request: InboundRequest, creds: PhoneCredentials, now: float) -> bool:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from gateway.errors import GatewayError
 from gateway.inbound import InboundRequest
 from gateway.providers import KeyKind, PhoneCredentials, Provider, RouteFamily, Verifier
-from gateway.providers.allowlist import Allowlist
+from gateway.providers.allowlist import Allowlist, Network
 
 # What an event says about its call (the call-aware replay defence, gateway/calls.py).
 ANSWER, END, OTHER = "a", "e", "s"
@@ -149,6 +149,8 @@ class ExplainInput:
     creds: PhoneCredentials
     now: float
     redacted_query: str  # the raw query without any carrier's secret parameters (safe to print)
+    allowlist: Allowlist | None = None  # the source-address allowlist as configured here (None: unknown)
+    trusted_proxies: tuple[Network, ...] | None = None  # GATEWAY_TRUSTED_PROXIES as configured here (None: unknown)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +186,11 @@ class CarrierSpec:
     strings_to_sign: Callable[[InboundRequest, str], list[tuple[str, bytes]]] | None = None
     signed_at: Callable[[InboundRequest], float | None] | None = None  # `explain`: when the request says it was signed
     explain_hint: tuple[str, ...] = ()  # `explain`: lines after a failed signature that covers no URL
+    # `explain`: why a request may carry none of `signature_headers` (empty: a generic line).
+    explain_no_signature: tuple[str, ...] = ()
+    # Its signature covers the raw body bytes: a mismatch diagnosis (gateway/diagnostics/mismatch.py)
+    # may try the body as the carrier likely sent it (re-serialised JSON, trailing newline, encoding).
+    signed_body: bool = False
     # `explain` for a carrier that signs nothing: (its report lines, whether the request passes).
     explain_unsigned: Callable[[ExplainInput], tuple[list[str], bool]] | None = None
     # ---- allowlist discovery (gateway/source_log.py) ----

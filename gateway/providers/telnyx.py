@@ -268,6 +268,10 @@ EXPLAIN_HINT = (
     "  Telnyx signs the timestamp and the body, not the URL: a body changed on the way (even",
     "  re-serialised JSON or a trailing newline), another timestamp, or another key.",
 )
+EXPLAIN_NO_SIGNATURE = (
+    "  Telnyx signs every API v2 webhook (telnyx-signature-ed25519 and telnyx-timestamp): a request",
+    "  without them was not sent by Telnyx, or a proxy dropped the headers.",
+)
 
 
 SPEC = CarrierSpec(
@@ -297,4 +301,6 @@ SPEC = CarrierSpec(
     strings_to_sign=signed_strings,
     signed_at=signed_at,
     explain_hint=EXPLAIN_HINT,
+    explain_no_signature=EXPLAIN_NO_SIGNATURE,
+    signed_body=True,  # the raw body bytes: a diagnosis may try it re-serialised, without a newline, ...
 )

@@ -98,6 +98,15 @@ def signed_strings(request: InboundRequest, url: str) -> list[tuple[str, bytes]]
     return out
 
 
+# Vobiz sends its signature headers only when the callback URL has credentials configured in the
+# Vobiz console (issue 15, from Vobiz users): an unsigned Vobiz callback is usually that, not a forgery.
+EXPLAIN_NO_SIGNATURE = (
+    "  Vobiz sends its signature headers (X-Vobiz-Signature-V3, X-Plivo-Signature-V3 and their nonces)",
+    "  only when the callback URL has credentials configured in the Vobiz console: configure them for",
+    "  this application or number, or every callback is refused (401 missing_signature).",
+)
+
+
 SPEC = CarrierSpec(
     provider=Provider.VOBIZ,
     family=RouteFamily.PLIVO,
@@ -116,4 +125,5 @@ SPEC = CarrierSpec(
     signing_key=plivo.signing_key,
     url_signing=UrlSigning.PARAMS,
     strings_to_sign=signed_strings,
+    explain_no_signature=EXPLAIN_NO_SIGNATURE,
 )

@@ -187,7 +187,7 @@ def test_exotel_token_checked_never_printed(env: str, capsys: pytest.CaptureFixt
     assert code == 0 and "token: MATCHES" in out and exotel_token not in out
     bad = good.replace(exotel_token.encode(), b"guess-guess-guess-guess")
     code, out = explain(capsys, tmp_path, bad, "ph_ex")
-    assert code == 1 and "token: missing, repeated or different (query without it: a=1)" in out
+    assert code == 1 and "token: wrong (refused 403; the query without it: a=1)" in out
     assert "guess-guess" not in out
 
 
@@ -214,3 +214,52 @@ def test_vobiz_own_header(env: str, capsys: pytest.CaptureFixture[str], tmp_path
     assert code == 1
     assert "[port] host=hooks.example.com (default port toggled)" in out
     assert f"  https://hooks.example.com/plivo/status/ph_vb.{nonce}" in out
+
+
+# ---- every carrier (issue 15 part 3): a capture built to fail one way, the cause named ----------
+
+
+def test_telnyx_re_serialised_body_named(env: str, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    seed = secrets.token_bytes(32)
+    public = base64.b64encode(SigningKey(seed).verify_key.encode()).decode()
+    put(capsys, "ph_tj", "telnyx", f"public_key={public}")
+    body = orjson.dumps({"data": {"id": "ev-1", "event_type": "call.initiated"}})
+    stamp = str(int(time.time()))
+    headers = {
+        "telnyx-signature-ed25519": telnyx_sig.sign(seed, stamp, body),
+        "telnyx-timestamp": stamp,
+        "Content-Type": "application/json",
+        "Host": "hooks.example.com",
+    }
+    pretty = orjson.dumps(orjson.loads(body), option=orjson.OPT_INDENT_2)
+    code, out = explain(capsys, tmp_path, raw_http("/webhooks/telnyx/voice/ph_tj", headers, pretty), "ph_tj")
+    assert code == 1
+    assert "MATCH  [body_json] body re-serialised as JSON (compact)" in out
+    assert "public_key keys tried: fp_" in out
+
+
+def test_exotel_unlisted_address_token_elsewhere_and_proxy(
+    env: str, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exotel_token = "exotel-url-token-0123456789"
+    put(capsys, "ph_ex2", "exotel", "api_key=k", "api_token=t", f"exotel_webhook_token={exotel_token}")
+    monkeypatch.setenv("EXOTEL_ALLOWED_IPS", "203.0.113.0/24")
+    monkeypatch.setenv("GATEWAY_TRUSTED_PROXIES", "192.0.2.0/24")
+    headers = {"Host": "hooks.example.com", "X-Forwarded-For": "198.51.100.7"}
+    capture = raw_http(f"/exotel/status/ph_ex2?Token={exotel_token}", headers, b"")
+    code, out = explain(capsys, tmp_path, capture, "ph_ex2")
+    assert code == 1
+    assert "source: 198.51.100.7 is NOT in the allowlist" in out
+    assert "token: the phone's token is in the query parameter 'Token'" in out
+    assert exotel_token not in out
+    monkeypatch.delenv("GATEWAY_TRUSTED_PROXIES")
+    code, out = explain(capsys, tmp_path, capture, "ph_ex2")
+    assert "GATEWAY_TRUSTED_PROXIES is not set" in out
+
+
+def test_unsigned_vobiz_callback(env: str, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    put_plivo(capsys, "ph_vb2", provider="vobiz")
+    capture = raw_http("/plivo/status/ph_vb2", {"Host": "hooks.example.com", "Content-Type": FORM}, b"a=1")
+    code, out = explain(capsys, tmp_path, capture, "ph_vb2")
+    assert code == 1
+    assert "credentials configured in the Vobiz console" in out

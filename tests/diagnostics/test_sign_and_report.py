@@ -103,7 +103,8 @@ def test_every_carrier_spec_says_how_it_is_signed_and_explained(provider: Provid
     assert spec.seed_signed == (spec.signing_key is None)  # a seed-signed phone's record holds no private key
     if spec.url_signing is UrlSigning.NONE and signs:
         assert spec.explain_hint, "a failed signature that covers no URL needs words: no variant explains it"
-    assert (provider in SUPPORTED) == (spec.url_signing is not UrlSigning.NONE)
+    assert (provider in SUPPORTED) == (spec.url_signing is not UrlSigning.NONE or spec.signed_body)
+    assert not (spec.signed_body and not signs), "an unsigned carrier has no signed body to vary"
     assert DEFAULT_ALGORITHM in ALGORITHMS and all(name in ALGORITHMS for name in spec.sign_algorithms)
 
 

@@ -248,10 +248,10 @@ def test_settings_defaults_and_errors_name_the_variable() -> None:
 
 
 def test_explainer_says_why_nothing_matched_only_when_asked() -> None:
-    telnyx = creds(Provider.TELNYX, {}, phone_id="ph_t")
+    unsigned = creds(Provider.EXOTEL, {}, phone_id="ph_t")  # a carrier whose proof is no signature
     inbound = request()
-    assert MismatchExplainer()(inbound, telnyx, TelnyxVerifier(), 0.0) is None  # its callers' contract
-    found = MismatchExplainer(report_undiagnosed=True)(inbound, telnyx, TelnyxVerifier(), 0.0)
+    assert MismatchExplainer()(inbound, unsigned, TelnyxVerifier(), 0.0) is None  # its callers' contract
+    found = MismatchExplainer(report_undiagnosed=True)(inbound, unsigned, TelnyxVerifier(), 0.0)
     assert isinstance(found, NotDiagnosed) and found.why == NOT_URL_SIGNED
     assert "does not cover the URL" in found.message()
     assert "budget" in NotDiagnosed(Provider.PLIVO, OVER_BUDGET).message()
