@@ -13,12 +13,12 @@ from gateway.inbound import InboundRequest
 from gateway.inspector.redaction import Redactor, mask_numbers, show
 from gateway.inspector.session import Sessions
 from gateway.inspector.store import DIAGNOSIS_KEY, INBOUND_KEY, MAX_BODY_KEPT, InspectorStore
-from gateway.providers import Provider
+from gateway.providers import KeyKind, Provider, plivo
+from gateway.providers.plivo import PlivoVerifier
 from gateway.providers.registry import CARRIERS, SECRET_PARAMS
-from gateway.providers.telnyx import TelnyxVerifier
 from gateway.secrets import Secret
 from gateway.settings import SettingsError, from_env
-from tests.helpers.inbound_builders import creds
+from tests.helpers.inbound_builders import creds, key
 from tests.helpers.support import KEK
 
 FORM = "application/x-www-form-urlencoded"
@@ -248,11 +248,15 @@ def test_settings_defaults_and_errors_name_the_variable() -> None:
 
 
 def test_explainer_says_why_nothing_matched_only_when_asked() -> None:
-    unsigned = creds(Provider.EXOTEL, {}, phone_id="ph_t")  # a carrier whose proof is no signature
-    inbound = request()
-    assert MismatchExplainer()(inbound, unsigned, TelnyxVerifier(), 0.0) is None  # its callers' contract
-    found = MismatchExplainer(report_undiagnosed=True)(inbound, unsigned, TelnyxVerifier(), 0.0)
-    assert isinstance(found, NotDiagnosed) and found.why == NOT_URL_SIGNED
-    assert "does not cover the URL" in found.message()
+    signed = plivo.sign_v3(
+        "the-carrier-s-token-0123456789", "POST", "https://hooks.example.com/plivo/status/ph_x", [], "1"
+    )
+    forged = request(headers={"content-type": FORM, "x-plivo-signature-v3": signed, "x-plivo-signature-v3-nonce": "1"})
+    phone = creds(Provider.PLIVO, {KeyKind.AUTH_TOKEN: [key("another-token-0123456789")]}, phone_id="ph_x")
+    assert MismatchExplainer()(forged, phone, PlivoVerifier(), 0.0) is None  # its callers' contract
+    found = MismatchExplainer(report_undiagnosed=True)(forged, phone, PlivoVerifier(), 0.0)
+    assert isinstance(found, NotDiagnosed) and found.why == NO_MATCH and found.tried > 0
+    assert "another key" in found.message()
+    assert "does not cover the URL" in NotDiagnosed(Provider.EXOTEL, NOT_URL_SIGNED).message()
     assert "budget" in NotDiagnosed(Provider.PLIVO, OVER_BUDGET).message()
     assert "16 URL and body variants" in NotDiagnosed(Provider.PLIVO, NO_MATCH, 16).message()
