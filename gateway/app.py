@@ -125,6 +125,8 @@ class GatewayApp:
         )
         source_log = SourceLog(redis, self._names, ttl_s=settings.unlisted_sources_ttl_s)
         unlisted = UnlistedSources(source_log)  # allowlist discovery (docs/operations.md)
+        if self._inspector is not None:
+            self._inspector.show_unlisted_sources(source_log)
         webhooks = WebhookHandler(
             keystore=keystore,
             forwarder=forwarder,

@@ -34,6 +34,7 @@ from gateway.inspector.store import InspectorStore, Record
 from gateway.providers.registry import CARRIERS
 from gateway.proxy import OriginResolver
 from gateway.settings import Settings
+from gateway.source_log import SourceLog
 
 log = logging.getLogger("gateway.inspector")
 
@@ -104,6 +105,32 @@ class Inspector:
         self._admin_port = admin_port
         self._workers = workers
         self._templates = _templates()
+        self._source_log: SourceLog | None = None
+
+    def show_unlisted_sources(self, source_log: SourceLog) -> None:
+        """List the allowlist-discovery sources (docs/operations.md) on the index page: one list in Redis."""
+        self._source_log = source_log
+
+    async def _unlisted_sources(self) -> list[dict[str, Any]]:
+        """Per carrier that records them: its title and its sources, or `error` when Redis cannot say."""
+        if self._source_log is None:
+            return []
+        sections: list[dict[str, Any]] = []
+        for provider, spec in CARRIERS.items():
+            if spec.proof_without_source is None:
+                continue
+            try:
+                sources = await self._source_log.sources(provider)
+            except Exception:  # a page must render even when Redis is down: say so instead
+                log.warning("inspector: the unlisted sources of %s could not be read", provider.value)
+                sections.append({"title": spec.title, "sources": [], "error": True, "provider": provider.value})
+                continue
+            rows = [
+                {**source, "first": _when(source["first_seen"]), "last": _when(source["last_seen"])}
+                for source in sources
+            ]
+            sections.append({"title": spec.title, "sources": rows, "error": False, "provider": provider.value})
+        return sections
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Inspector | None:
@@ -142,6 +169,7 @@ class Inspector:
             "max_requests": snapshot.max_requests,
             "max_bytes": snapshot.max_bytes,
             "masked": self._redactor.mask,
+            "unlisted": await self._unlisted_sources(),
         }
         return self._page(request, "index.html", context)
 

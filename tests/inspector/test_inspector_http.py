@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from http.cookies import SimpleCookie
@@ -235,3 +236,26 @@ def test_memory_is_bounded_by_count(gateway_factory: Factory) -> None:
         assert "ph_unknown_4" in page and "ph_unknown_2" in page and "ph_unknown_1" not in page
         assert page.index("ph_unknown_4") < page.index("ph_unknown_3")  # newest first
         assert "unknown_phone" in page or "malformed_request" in page
+
+
+# ---- allowlist discovery (issue 15 part 2): the unlisted sources, shared through Redis -------------
+
+
+def test_the_index_lists_unlisted_sources_with_a_valid_token(gw: TwoPorts) -> None:
+    phone_id, token = f"ph_{new_token()[:8].lower()}", exotel_token()
+    gw.put_phone(exotel_phone(phone_id, token))
+    refused = gw.send(exotel_request(phone_id, token=token, client_ip="198.51.100.77"))
+    assert refused.status_code == 403
+    wrong = gw.send(exotel_request(phone_id, token=exotel_token(), client_ip="192.0.2.55"))
+    assert wrong.status_code == 403
+    gw.login()
+    page = ""
+    for _ in range(50):  # the source is written after the answer (fire and forget): a few ms
+        page = gw.admin.get(INSPECTOR).text
+        if "198.51.100.0/24" in page:
+            break
+        time.sleep(0.05)
+    section = page.split('id="unlisted-exotel"', 1)[1]
+    assert "198.51.100.0/24" in section
+    assert "192.0.2.0/24" not in section  # a wrong token proves nothing: not recorded
+    assert "198.51.100.77" not in page  # networks only, never the address
