@@ -9,7 +9,7 @@ for each event in turn, atomically:
   4. XADDs the event, then records the nonce, the idempotency key and the signed content
      with TTLs.
 The signed content is the verifier's `Verified.signed_digest`: a digest of the exact bytes
-the signature covered. Its key (`<stream tag>:signed:<phone>:<hex digest>`, kept for the
+the signature covered. Its key (`KeyNames.signed_content`: `<stream tag>:signed:<phone>:<hex digest>`, kept for the
 idempotency TTL) catches a copy whose parameters were regrouped so that the signed string
 is unchanged (a new idempotency key, the same signature), and is the only identity of an
 event that has no idempotency key (Twilio without CallSid, Telnyx without data.id).
@@ -49,7 +49,7 @@ from redis.asyncio import Redis
 from gateway import metrics
 from gateway.errors import NotReplicated, Unavailable
 from gateway.redis_errors import OUTAGES
-from gateway.redis_keys import KeyNames, stream_tag
+from gateway.redis_keys import KeyNames
 from gateway.tasks import stop_task
 
 log = logging.getLogger("gateway.forwarder")
@@ -237,7 +237,6 @@ class Forwarder:
     ) -> None:
         self._redis = redis
         self._names = names
-        self._signed_prefix = f"{stream_tag(names.stream)}:signed:"  # + phone id + ":" + hex digest
         self._nonce_ttl = str(nonce_ttl_s)
         self._idem_ttl = str(idempotency_ttl_s)
         self._maxlen = str(stream_maxlen)
@@ -325,14 +324,13 @@ class Forwarder:
         """EVALSHA of FORWARD_SCRIPT for the whole batch."""
         names = self._names
         unused = names.unused
-        signed_prefix = self._signed_prefix
         keys: list[Any] = [names.stream]
         events: list[bytes] = []
         for item in batch:
             keys.append(names.nonce(item.phone_id, item.nonce) if item.nonce else unused)
             keys.append(names.nonce(item.phone_id, item.other_nonce) if item.other_nonce else unused)
             keys.append(names.idempotency(item.phone_id, item.idempotency_key) if item.idempotency_key else unused)
-            keys.append(f"{signed_prefix}{item.phone_id}:{item.signed.hex()}" if item.signed is not None else unused)
+            keys.append(names.signed_content(item.phone_id, item.signed) if item.signed is not None else unused)
             events.append(item.event)
         settings = [self._nonce_ttl, self._idem_ttl, self._maxlen, unused, len(batch)]
         if any(item.call is not None for item in batch):

@@ -106,6 +106,10 @@ class KeyNames:
         digest = hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
         return f"{self._tag}:idem:{phone_id}:{digest}"
 
+    def signed_content(self, phone_id: str, digest: bytes) -> str:
+        """A verifier's digest of what a signature covered (`Verified.signed_digest`): duplicates by content."""
+        return f"{self._tag}:signed:{phone_id}:{digest.hex()}"
+
     @property
     def readiness(self) -> str:
         """Written by /readyz: a write in the stream's slot, the thing every webhook needs."""

@@ -31,6 +31,7 @@ def test_key_names_are_unchanged(prefix: str, stream: str, tag: str) -> None:
     assert names.dead_letter == KeyNames.dead_letter_of(stream) == f"{stream}:dead"
     assert names.nonce("ph_1", "n-1") == f"{tag}:nonce:ph_1:{DIGEST_NONCE}"
     assert names.idempotency("ph_1", "CA1:completed") == f"{tag}:idem:ph_1:{DIGEST_IDEM}"
+    assert names.signed_content("ph_1", bytes.fromhex("00ff" * 8)) == f"{tag}:signed:ph_1:{'00ff' * 8}"
     assert names.readiness == f"{tag}:ready"
     assert names.unused == f"{tag}:unused"
     state = f"{tag}:call:ph_1:{DIGEST_CALL}"
