@@ -13,6 +13,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.keystore import Conflict, FingerprintKeyError, KeyStore
+from gateway.log_safety import loggable
 from gateway.phone_records import CorruptRecord, InvalidRecord
 from gateway.secrets import Secret
 from gateway.source_log import DISCOVERABLE, SourceLog
@@ -111,7 +112,7 @@ class AdminAPI:
             return _error(409, str(exc))
         except rx.RedisError:
             return _error(503, "redis unavailable")
-        log.info("phone %s %s (%s)", phone_id, "replaced" if existed else "created", view["provider"])
+        log.info("phone %s %s (%s)", loggable(phone_id), "replaced" if existed else "created", view["provider"])
         return _json(view, 200 if existed else 201)
 
     async def delete_phone(self, request: Request) -> Response:
@@ -124,7 +125,7 @@ class AdminAPI:
             return _error(503, "redis unavailable")
         if not deleted:
             return _error(404, "no such phone")
-        log.info("phone %s deleted", phone_id)
+        log.info("phone %s deleted", loggable(phone_id))
         return Response(status_code=204)
 
     async def unlisted_sources(self, request: Request) -> Response:

@@ -28,11 +28,9 @@ from urllib.parse import unquote_plus
 import orjson
 
 from gateway.inbound import InboundRequest
-from gateway.providers.registry import SECRET_PARAMS
 from gateway.random_ids import event_ids
 
 SCHEMA_VERSION = 1
-REDACTED_PARAMS = SECRET_PARAMS  # every carrier's secret parameters (Exotel's ?token=)
 
 
 def strip_query_params(query: str, names: frozenset[str]) -> str:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.events import REDACTED_PARAMS, strip_query_params
+from gateway.events import strip_query_params
+from gateway.providers.registry import SECRET_PARAMS
 
 
 @pytest.mark.parametrize(
@@ -22,4 +23,4 @@ from gateway.events import REDACTED_PARAMS, strip_query_params
     ],
 )
 def test_token_removed_by_decoded_name(query: str, kept: str) -> None:
-    assert strip_query_params(query, REDACTED_PARAMS) == kept
+    assert strip_query_params(query, SECRET_PARAMS) == kept

@@ -36,6 +36,7 @@ from gateway import metrics
 from gateway.diagnostics.wire import wire_text
 from gateway.errors import Rejected
 from gateway.inbound import FORM_CONTENT_TYPE, InboundRequest, parse_pairs
+from gateway.log_safety import loggable
 from gateway.providers import PhoneCredentials, Provider, Verified, Verifier
 from gateway.providers.registry import CARRIERS, spec_for
 from gateway.providers.spec import UrlSigning
@@ -675,4 +676,4 @@ class MismatchExplainer:
         if self._suppressed_globally:
             notes.append(f"{self._suppressed_globally} other mismatch warnings suppressed")
             self._suppressed_globally = 0
-        log.warning("%s (%s)", diagnosis.message(), "; ".join(notes))
+        log.warning("%s (%s)", loggable(diagnosis.message(), limit=1024), loggable("; ".join(notes), limit=1024))

@@ -22,11 +22,11 @@ from gateway.diagnostics.errors import CaptureError
 from gateway.diagnostics.strings_to_sign import shown, strings_to_sign
 from gateway.diagnostics.wire import text_url, wire_form
 from gateway.errors import Rejected
-from gateway.events import REDACTED_PARAMS, strip_query_params
+from gateway.events import strip_query_params
 from gateway.inbound import InboundRequest
 from gateway.providers import PhoneCredentials, Verifier
 from gateway.providers.allowlist import Allowlist, Network
-from gateway.providers.registry import spec_for
+from gateway.providers.registry import SECRET_PARAMS, spec_for
 from gateway.providers.spec import CarrierSpec, ExplainInput, UrlSigning, VerifierOptions
 from gateway.settings import PublicBase
 
@@ -160,7 +160,7 @@ def report(
     lines.append(f"  URL as the gateway rebuilds it, from {how}")
 
     if spec.explain_unsigned is not None:  # it signs nothing: what the gateway checks instead
-        redacted = strip_query_params(received.query_string, REDACTED_PARAMS)
+        redacted = strip_query_params(received.query_string, SECRET_PARAMS)
         data = ExplainInput(received, creds, now, redacted, allowlist=allowlist, trusted_proxies=trusted_proxies)
         more, passes = spec.explain_unsigned(data)
         return lines + more, 0 if passes else 1
