@@ -45,6 +45,7 @@ from typing import Any
 
 import redis.exceptions as rx
 from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from gateway import metrics
 from gateway.errors import NotReplicated, Unavailable
@@ -394,13 +395,28 @@ class Forwarder:
             return
         pipe = self._redis.pipeline(transaction=False)  # one connection: WAIT counts that connection's writes
         pipe.set(key, b"1", ex=60)
-        pipe.execute_command("WAIT", self._wait_replicas, self._wait_timeout_ms)
+        node = self._wait_node(key)
+        pipe.execute_command("WAIT", self._wait_replicas, self._wait_timeout_ms, **_targeting(node))
         _, acked = await pipe.execute()
-        self._check_replicated(acked)
+        self._check_replicated(acked, key, node)
 
-    def _check_replicated(self, acked: Any) -> None:
+    def _wait_node(self, key: str) -> ClusterNode | None:
+        """Redis Cluster: the node that owns `key`'s slot, where WAIT must run (a cluster pipeline
+        sends an unkeyed command to a default node, whose WAIT would count none of the writes)."""
+        redis = self._redis
+        return redis.get_node_from_key(key) if isinstance(redis, RedisCluster) else None
+
+    def _check_replicated(self, acked: Any, key: str, node: ClusterNode | None) -> None:
+        if isinstance(acked, rx.ResponseError) and "replica" in str(acked).lower():
+            # "WAIT cannot be used with replica instances": the node was demoted (a failover) while
+            # the batch ran; the writes went to the new master, unconfirmed. Not durable: 503.
+            raise NotReplicated("the node demoted to a replica during the batch")
         if isinstance(acked, BaseException):
             raise acked
+        if node is not None and self._wait_node(key) is not node:
+            # The slot moved during the call (a failover or resharding): the script followed the
+            # redirect, the WAIT did not, so its count says nothing about these writes.
+            raise NotReplicated("the stream's slot moved during the batch")
         if int(acked) < self._wait_replicas:
             raise NotReplicated(f"{acked} of {self._wait_replicas} replicas confirmed")
 
@@ -409,18 +425,25 @@ class Forwarder:
         # execute_command, not pipe.evalsha(): redis-py's cluster pipeline blocks its evalsha()
         # method, yet routes the raw command by its keys (all in the stream's slot).
         pipe.execute_command(*self._command(batch))
+        stream = self._names.stream
+        node = None
         if self._wait_replicas:
             # Same connection, after the scripts: returns how many replicas have everything this
             # connection wrote. Fewer than asked = not durable across a failover = 503, never 2xx
             # (an event that did reach the master is recognised as a duplicate on the carrier's retry).
-            pipe.execute_command("WAIT", self._wait_replicas, self._wait_timeout_ms)
+            node = self._wait_node(stream)
+            pipe.execute_command("WAIT", self._wait_replicas, self._wait_timeout_ms, **_targeting(node))
         results = list(await pipe.execute(raise_on_error=False))
         if self._wait_replicas:
-            self._check_replicated(results.pop())
+            self._check_replicated(results.pop(), stream, node)
         (replies,) = results
         if isinstance(replies, BaseException):  # the whole call failed (NOSCRIPT, READONLY, ...)
             return [replies] * len(batch)
         return [_event_error(reply[1]) if reply[0] in (b"error", "error") else reply for reply in replies]
+
+
+def _targeting(node: ClusterNode | None) -> dict[str, Any]:
+    return {"target_nodes": node} if node is not None else {}
 
 
 _OUTCOMES = {outcome.value.encode(): outcome for outcome in Outcome} | {outcome.value: outcome for outcome in Outcome}

@@ -481,11 +481,6 @@ def _check_redis_topology(get: Callable[[str], str | None], kwargs: dict[str, An
             raise SettingsError(str(exc)) from None
     if (raw := get("GATEWAY_REDIS_WAIT_REPLICAS")) is not None:
         kwargs["redis_wait_replicas"] = _parse_int("GATEWAY_REDIS_WAIT_REPLICAS", raw, minimum=0, maximum=16)
-        if kwargs["redis_wait_replicas"] and kwargs.get("redis_cluster", False):
-            raise SettingsError(
-                "GATEWAY_REDIS_WAIT_REPLICAS is not supported with GATEWAY_REDIS_CLUSTER=true "
-                "(a cluster pipeline may redirect a script to another node than its WAIT)"
-            )
 
 
 def configured(environ: Mapping[str, str] | None = None, toml_path: Path | None = None) -> dict[str, str]:

