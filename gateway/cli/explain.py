@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.cli.common import cli_settings, with_keystore
+from gateway.cli.common import cli_settings, settings_failure, with_keystore
 from gateway.diagnostics.capture import parse_capture
 from gateway.diagnostics.errors import CaptureError
 from gateway.diagnostics.report import report
@@ -25,10 +25,14 @@ from gateway.settings import SettingsError
 
 
 def run(args: argparse.Namespace) -> int:
+    try:  # a start-up error is a settings error, as for every command (exit 3)
+        settings = cli_settings()
+        allowlist = settings.verifier_options().ip_allowlist
+    except SettingsError as exc:
+        return settings_failure(exc)
     try:
         data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
         captured = parse_capture(data, args.input_format)
-        settings = cli_settings()
 
         async def lookup(store: KeyStore) -> int:
             creds = await store.credentials(args.phone_id)
@@ -41,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
                 public_base=settings.public_base,
                 public_url=args.public_url,
                 tolerance_s=settings.telnyx_tolerance_s,
-                allowlist=settings.verifier_options().ip_allowlist,
+                allowlist=allowlist,
                 trusted_proxies=settings.trusted_proxies,
             )
             sys.stdout.write("\n".join(lines) + "\n")

@@ -208,6 +208,7 @@ COMMANDS = {
     "phones": ["phones", "list"],
     "consume": ["consume", "--group", "dispatch", "--consumer", "c", "--once"],
     "serve": ["serve", "--port", "0"],
+    "explain": ["explain", "ph_example", "capture-never-read.txt"],
 }
 LEAKY_PASSWORDS = {"p@ss/wo#rd": ("p@ss", "wo#rd", "ss/wo"), "secret#frag": ("secret", "frag")}
 
