@@ -24,6 +24,7 @@ from gateway.answers import Answerer
 from gateway.asgi_io import Receive, Scope, Send
 from gateway.calls import CallAware
 from gateway.diagnostics.mismatch import MismatchExplainer
+from gateway.diagnostics.rejection import Context
 from gateway.dispatch import DispatchClient
 from gateway.errors import NOT_FOUND
 from gateway.forwarder import FORWARD_SCRIPT, Forwarder
@@ -127,6 +128,19 @@ class GatewayApp:
         unlisted = UnlistedSources(source_log)  # allowlist discovery (docs/operations.md)
         if self._inspector is not None:
             self._inspector.show_unlisted_sources(source_log)
+        explainer = (
+            MismatchExplainer(
+                settings.public_base,
+                report_undiagnosed=self._inspector is not None,
+                context=Context(
+                    tolerance_s=self._verifier_options.timestamp_tolerance_s,
+                    allowlist=self._verifier_options.ip_allowlist,
+                    trusted_proxies=settings.trusted_proxies,
+                ),
+            )
+            if settings.explain_mismatches
+            else None
+        )
         webhooks = WebhookHandler(
             keystore=keystore,
             forwarder=forwarder,
@@ -137,11 +151,8 @@ class GatewayApp:
             origin=OriginResolver(settings.trusted_proxies, settings.public_base),
             max_body_bytes=settings.max_body_bytes,
             clock=self._clock,
-            explain=(
-                MismatchExplainer(settings.public_base, report_undiagnosed=self._inspector is not None)
-                if settings.explain_mismatches
-                else None
-            ),
+            explain=explainer,
+            explain_rejection=explainer.rejection if explainer is not None else None,
             access_log_mode=settings.access_log,
             inspect=self._inspector.store.record if self._inspector is not None else None,
         )

@@ -140,6 +140,9 @@ class WebhookHandler:
         max_body_bytes: int,
         clock: Callable[[], float] = time.time,
         explain: Callable[[InboundRequest, PhoneCredentials, Verifier, float], object] | None = None,
+        # (reason, request, phone, verifier, now, socket peer): any other refusal of a known phone, diagnosed
+        explain_rejection: Callable[[Reason, InboundRequest, PhoneCredentials, Verifier, float, str | None], object]
+        | None = None,
         calls: CallAware | None = None,
         unlisted: Callable[[InboundRequest, PhoneCredentials, float], object] | None = None,
         access_log_mode: str = "failed",
@@ -158,6 +161,7 @@ class WebhookHandler:
         self._decoys = _decoys()
         self._numbers_in_request = _numbers_in_request()
         self._explain = explain  # gateway/diagnostics/mismatch.py: diagnoses failed signatures, never accepts
+        self._explain_rejection = explain_rejection  # the same, for the other refusals (diagnostics/rejection.py)
         # GATEWAY_ACCESS_LOG: a line costs about a tenth of an accepted request's CPU, and the
         # metrics and the stream already record every accepted one; refusals and 503s are what
         # an operator reads the log for (loadtests/README.md has the measurement).
@@ -281,9 +285,15 @@ class WebhookHandler:
                 other_nonce=verified.other_nonce,
             )
         except Rejected as rejection:
-            if rejection.reason is Reason.INVALID_SIGNATURE and self._explain is not None:
-                # Diagnosis only: never accepts. Kept in the scope for the inspector.
-                scope[DIAGNOSIS_KEY] = self._explain(inbound, creds, self._verifiers[provider], now)
+            if rejection.reason is Reason.INVALID_SIGNATURE:
+                if self._explain is not None:
+                    # Diagnosis only: never accepts. Kept in the scope for the inspector.
+                    scope[DIAGNOSIS_KEY] = self._explain(inbound, creds, self._verifiers[provider], now)
+            elif self._explain_rejection is not None:  # the same for a stale timestamp, no signature, IP, token
+                peer = scope.get("client")
+                scope[DIAGNOSIS_KEY] = self._explain_rejection(
+                    rejection.reason, inbound, creds, self._verifiers[provider], now, peer[0] if peer else None
+                )
             if rejection.reason is Reason.IP_NOT_ALLOWED and self._unlisted is not None:
                 self._unlisted(inbound, creds, now)  # allowlist discovery: records, never accepts, never raises
             return await self._reject(send, rejection.reason, provider_label)

@@ -33,8 +33,10 @@ from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from gateway import metrics
+from gateway.diagnostics.rejection import DIAGNOSED, Context, Finding
+from gateway.diagnostics.rejection import diagnose as diagnose_rejection
 from gateway.diagnostics.wire import wire_text
-from gateway.errors import Rejected
+from gateway.errors import Reason, Rejected
 from gateway.inbound import FORM_CONTENT_TYPE, InboundRequest, parse_pairs
 from gateway.log_safety import loggable
 from gateway.providers import PhoneCredentials, Provider, Verified, Verifier
@@ -601,7 +603,9 @@ class MismatchExplainer:
         clock: Callable[[], float] = time.monotonic,
         timer: Callable[[], float] = time.thread_time,  # CPU time: waiting for the CPU costs no budget
         report_undiagnosed: bool = False,  # the request inspector's: return NotDiagnosed rather than None
+        context: Context | None = None,  # what other refusals are diagnosed with (`rejection`)
     ) -> None:
+        self._context = context if context is not None else Context()
         self._report_undiagnosed = report_undiagnosed
         self._public_base = public_base
         self._max_variants = max_variants
@@ -649,14 +653,46 @@ class MismatchExplainer:
                 return NotDiagnosed(creds.provider, NO_MATCH, tried)
             for label in diagnosis.labels:
                 metrics.MISMATCH.labels(diagnosis.provider.value, label).inc()
-            self._warn(creds.phone_id, diagnosis)
+            notes = [f"key {diagnosis.key_fingerprint or '-'}", "request rejected (403)"]
+            self._warn(creds.phone_id, diagnosis.variant.label, diagnosis.message(), notes)
             return diagnosis
         except Exception as exc:  # a diagnosis bug must never turn a 403 into a 500
             log.error("signature mismatch diagnosis failed (%s); the request was rejected as usual", type(exc).__name__)
             return NotDiagnosed(creds.provider, FAILED)
 
-    def _warn(self, phone_id: str, diagnosis: Diagnosis) -> None:
-        key = (phone_id, diagnosis.variant.label)
+    def rejection(
+        self,
+        reason: Reason,
+        inbound: InboundRequest,
+        creds: PhoneCredentials,
+        verifier: Verifier,
+        now: float,
+        peer: str | None = None,
+    ) -> Finding | NotDiagnosed | None:
+        """Any other refusal of a known phone (gateway/diagnostics/rejection.py: a stale timestamp, no
+        signature, a source address or token refused): the same CPU budget and log limits, no metric
+        (`gateway_rejections_total{reason}` already counts them). Never raises, never changes the answer."""
+        if reason not in DIAGNOSED:
+            return None
+        try:
+            if not self._budget.has_credit():
+                return NotDiagnosed(creds.provider, OVER_BUDGET) if self._report_undiagnosed else None
+            started = self._timer()
+            try:
+                found = diagnose_rejection(reason, inbound, creds, verifier, now, self._context, peer=peer)
+            finally:
+                self._budget.spend(self._timer() - started)
+            if found is None:
+                return None
+            notes = [f"key {found.key_fingerprint}"] if found.key_fingerprint else []
+            self._warn(creds.phone_id, reason.value, found.message(), [*notes, f"request rejected ({found.status})"])
+            return found
+        except Exception as exc:  # a diagnosis bug must never change the answer
+            log.error("rejection diagnosis failed (%s); the request was rejected as usual", type(exc).__name__)
+            return NotDiagnosed(creds.provider, FAILED) if self._report_undiagnosed else None
+
+    def _warn(self, phone_id: str, label: str, message: str, details: list[str]) -> None:
+        key = (phone_id, label)
         now = self._clock()
         entry = self._logged.get(key)
         if entry is not None and now - entry[0] < self._log_interval_s:
@@ -670,10 +706,10 @@ class MismatchExplainer:
         self._logged.move_to_end(key)
         while len(self._logged) > self._max_log_keys:
             self._logged.popitem(last=False)
-        notes = [f"phone {phone_id}", f"key {diagnosis.key_fingerprint or '-'}", "request rejected (403)"]
+        notes = [f"phone {phone_id}", *details]
         if suppressed:
             notes.append(f"{suppressed} more like it in the last {self._log_interval_s:.0f}s")
         if self._suppressed_globally:
             notes.append(f"{self._suppressed_globally} other mismatch warnings suppressed")
             self._suppressed_globally = 0
-        log.warning("%s (%s)", loggable(diagnosis.message(), limit=1024), loggable("; ".join(notes), limit=1024))
+        log.warning("%s (%s)", loggable(message, limit=1024), loggable("; ".join(notes), limit=1024))

@@ -16,7 +16,7 @@ import dataclasses
 import time
 from urllib.parse import urlsplit
 
-from gateway.diagnostics import mismatch
+from gateway.diagnostics import mismatch, rejection
 from gateway.diagnostics.capture import Captured
 from gateway.diagnostics.errors import CaptureError
 from gateway.diagnostics.strings_to_sign import shown, strings_to_sign
@@ -167,10 +167,7 @@ def report(
 
     if spec.signature_headers and not any(received.headers.get(h.lower()) for h in spec.signature_headers):
         lines.append(f"signature: none ({', '.join(spec.signature_headers)} all absent): refused 401 missing_signature")
-        lines += spec.explain_no_signature or (
-            f"  {spec.title} signs its callbacks: a request without these headers was not sent by {spec.title},",
-            "  or a proxy dropped them on the way.",
-        )
+        lines += rejection.no_signature_lines(spec)
         return lines, 1
 
     verifier = spec.make_verifier(VerifierOptions(timestamp_tolerance_s=tolerance_s))
@@ -184,7 +181,7 @@ def report(
     status = 0 if ok else 1
     if ok and abs(now - check_now) > tolerance_s:
         lines.append(
-            f"  but the timestamp is {int(now - check_now)} s from now (tolerance {tolerance_s} s): "
+            f"  but {rejection.timestamp_skew(now, check_now, tolerance_s)}; "
             "the gateway rejects it as stale (a replayed capture, or clock skew)"
         )
         status = 1

@@ -27,6 +27,7 @@ from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
 from gateway.diagnostics.mismatch import Diagnosis, NotDiagnosed
+from gateway.diagnostics.rejection import Finding
 from gateway.errors import NOT_FOUND, Rejected
 from gateway.inspector.redaction import Redactor, mask_numbers, printable, show
 from gateway.inspector.session import COOKIE_NAME, COOKIE_PATH, Sessions
@@ -162,8 +163,8 @@ class Inspector:
             return refused
         snapshot = self.store.snapshot()
         context = {
-            "rejected": [self._row(record) for record in snapshot.rejected],
-            "accepted": [self._row(record) for record in snapshot.accepted],
+            "rejected": [self._row(record, listing=True) for record in snapshot.rejected],
+            "accepted": [self._row(record, listing=True) for record in snapshot.accepted],
             "pid": snapshot.pid,
             "workers": self._workers,
             "max_requests": snapshot.max_requests,
@@ -261,12 +262,16 @@ class Inspector:
     def _page(self, request: Request, name: str, context: dict[str, Any], status: int = 200) -> Response:
         return self._templates.TemplateResponse(request, name, context, status_code=status, headers=SECURITY_HEADERS)
 
-    def _row(self, record: Record) -> Row:
+    def _row(self, record: Record, *, listing: bool = False) -> Row:
+        """A record as shown; the listing names no client address (the detail page does)."""
         diagnosis, matched_url, key = "", "", ""
         found = record.diagnosis
         if isinstance(found, Diagnosis):
             diagnosis = printable(found.message(), 1000)
             matched_url = printable(found.url, 500)
+            key = found.key_fingerprint or ""
+        elif isinstance(found, Finding):  # another refusal explained (gateway/diagnostics/rejection.py)
+            diagnosis = printable(found.message(hide_addresses=listing), 1000)
             key = found.key_fingerprint or ""
         elif isinstance(found, NotDiagnosed):
             diagnosis = found.message()

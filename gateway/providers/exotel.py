@@ -148,11 +148,16 @@ def explain(data: ExplainInput) -> tuple[list[str], bool]:
         f"  (this capture says {data.request.client_ip}; the gateway uses the socket peer, or X-Forwarded-For",
         "  from GATEWAY_TRUSTED_PROXIES) and, when the phone has one, the ?token= of the URL.",
     ]
-    lines += _source_lines(data)
-    ok = token_matches(data.request, data.creds, data.now)
+    lines += diagnose(data)
+    return lines, token_matches(data.request, data.creds, data.now)
+
+
+def diagnose(data: ExplainInput) -> list[str]:
+    """What `gateway explain` and the live diagnosis of a refusal find: the source address, the token."""
+    lines = _source_lines(data)
     if not data.creds.keys.get(KeyKind.EXOTEL_WEBHOOK_TOKEN):
         lines.append("token: the phone has none (IP allowlist only)")
-    elif ok:
+    elif token_matches(data.request, data.creds, data.now):
         lines.append("token: MATCHES the phone's exotel_webhook_token")
     else:
         try:
@@ -161,11 +166,16 @@ def explain(data: ExplainInput) -> tuple[list[str], bool]:
             presented = []
         what = "missing" if not presented else "given more than once" if len(presented) > 1 else "wrong"
         elsewhere = _token_elsewhere(data)
-        # The token under another name would show in the query: then the query is not shown at all.
-        query = "not shown: it holds the token" if elsewhere else f"the query without it: {data.redacted_query or '-'}"
-        lines.append(f"token: {what} (refused 403; {query})")
+        if not data.show_query:
+            lines.append(f"token: {what} in ?{TOKEN_PARAM}= (refused 403)")
+        else:
+            # The token under another name would show in the query: then the query is not shown at all.
+            shown = (
+                "not shown: it holds the token" if elsewhere else f"the query without it: {data.redacted_query or '-'}"
+            )
+            lines.append(f"token: {what} (refused 403; {shown})")
         lines += elsewhere
-    return lines, ok
+    return lines
 
 
 def _shown_name(name: str) -> str:
@@ -200,14 +210,23 @@ def _source_lines(data: ExplainInput) -> list[str]:
     if data.trusted_proxies is not None:
         if hops and not data.trusted_proxies:
             lines += [
-                "source: the capture carries X-Forwarded-For but GATEWAY_TRUSTED_PROXIES is not set: the gateway",
+                f"source: the {'capture' if data.peer is None else 'request'} carries X-Forwarded-For but "
+                "GATEWAY_TRUSTED_PROXIES is not set: the gateway",
                 "  ignores it and checks the address that connects to it, behind a load balancer the balancer's",
                 "  own address (refused: ip_not_allowed). Add the balancer's addresses to GATEWAY_TRUSTED_PROXIES.",
             ]
-            return lines
-        untrusted = [hop for hop in hops if not Allowlist(data.trusted_proxies).contains(hop)]
-        if untrusted:
-            address = untrusted[-1]  # the right-most hop not added by a trusted proxy, as the gateway reads it
+            if data.peer is None:
+                return lines
+        elif hops and data.peer is not None and not Allowlist(data.trusted_proxies).contains(data.peer):
+            lines += [
+                f"source: X-Forwarded-For is present but the peer {data.peer} is not a trusted proxy:",
+                "  GATEWAY_TRUSTED_PROXIES does not include the proxy, so its own address was checked.",
+                "  Add the balancer's addresses to GATEWAY_TRUSTED_PROXIES.",
+            ]
+        elif data.peer is None:  # a capture: read the chain as the gateway would behind a trusted proxy
+            untrusted = [hop for hop in hops if not Allowlist(data.trusted_proxies).contains(hop)]
+            if untrusted:
+                address = untrusted[-1]  # the right-most hop not added by a trusted proxy, as the gateway reads it
     if data.allowlist is None:
         return lines
     if not data.allowlist:
@@ -271,5 +290,6 @@ SPEC = CarrierSpec(
     signing_key=lambda _algorithm: KeyKind.EXOTEL_WEBHOOK_TOKEN,
     unsigned_proof=unsigned_proof,
     explain_unsigned=explain,
+    diagnose_unsigned=diagnose,
     proof_without_source=token_proves_account,
 )

@@ -151,6 +151,9 @@ class ExplainInput:
     redacted_query: str  # the raw query without any carrier's secret parameters (safe to print)
     allowlist: Allowlist | None = None  # the source-address allowlist as configured here (None: unknown)
     trusted_proxies: tuple[Network, ...] | None = None  # GATEWAY_TRUSTED_PROXIES as configured here (None: unknown)
+    # The live diagnosis of a refusal (gateway/diagnostics/rejection.py) knows what a capture cannot:
+    peer: str | None = None  # the socket peer; then `request.client_ip` is the address the gateway checked
+    show_query: bool = True  # False in a log line: no query value at all
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +196,9 @@ class CarrierSpec:
     signed_body: bool = False
     # `explain` for a carrier that signs nothing: (its report lines, whether the request passes).
     explain_unsigned: Callable[[ExplainInput], tuple[list[str], bool]] | None = None
+    # The live diagnosis of a refusal of such a carrier (gateway/diagnostics/rejection.py): the findings
+    # `explain_unsigned` reports (source address, token), without its introduction. Never a secret.
+    diagnose_unsigned: Callable[[ExplainInput], list[str]] | None = None
     # ---- allowlist discovery (gateway/source_log.py) ----
     # For a carrier checked by source address: (request, phone, now) -> the request proves, without
     # its address, that it comes from the phone's account (Exotel: the phone's ?token=). A request
