@@ -219,6 +219,16 @@ class Bench:
                     "(a') bare, wrk 2 threads", bare, "plivo", ceiling_guess, stream=None, threads=2
                 )
         ceiling = runs["a"].rps
+        if args.workers_rounds:  # issue 13: the quota phase alone, repeated (worker balance, 2/1 ratio)
+            for number in range(args.workers_rounds):
+                quota = self.workers_quota(ceiling)
+                two = quota["2"]
+                results[f"workers_round_{number + 1}"] = quota
+                self.say(
+                    f"workers round {number + 1}: 2/1 = {quota['ratio']:.2f}x, 2-worker CPU split "
+                    f"{two.extra['worker_cpu_split']} after {two.extra['attempts']} attempt(s)"
+                )
+            return results
         with self.server("gateway") as gateway:
             self.register(gateway)
             runs["b"] = self.measure("(b) gateway Plivo V3", gateway, "plivo", ceiling, stream=GATEWAY_STREAM)
@@ -337,6 +347,7 @@ class Bench:
                         )
                         used = [harness.tree_cpu(pid) - cpu for pid, cpu in zip(pids, before, strict=True)]
                         run.extra["worker_cpu_split"] = [round(u / sum(used), 2) for u in used]
+                        run.extra["attempts"] = attempt + 1
                         if min(used) >= 0.6 * max(used):
                             break
                         self.say(f"connections landed unevenly on the workers ({used}), attempt {attempt + 1}")
@@ -449,6 +460,15 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
             f"{run.rps / run.server_cpu:,.0f} | {run.wrk_cpu:.0%} | {run.redis_cpu:.0%} | {run.other_cpu:.0%} | "
             f"{'; '.join(run.checks) or 'ok'} |"
         )
+    if "b" not in runs:  # --workers-rounds: the rounds are listed below
+        rounds = [value for key, value in results.items() if key.startswith("workers_round_")]
+        lines += [""] + [
+            f"workers round {n}: 1 worker {r['1'].rps:,.0f} req/s, 2 workers {r['2'].rps:,.0f} req/s, "
+            f"2/1 = {r['ratio']:.2f}x, CPU split {r['2'].extra['worker_cpu_split']}, "
+            f"attempts {r['2'].extra['attempts']}"
+            for n, r in enumerate(rounds, start=1)
+        ]
+        return "\n".join(lines)
     if "c" not in runs:  # --quick
         a, b = runs["a"], runs["b"]
         per_cpu = (b.rps / b.server_cpu) / (a.rps / a.server_cpu)
@@ -585,6 +605,9 @@ def main(argv: list[str] | None = None) -> int:
         "--max-other", type=float, default=0.15, help="cores other processes may use during a run (else repeat)"
     )
     parser.add_argument("--quick", action="store_true", help="only (a) and (b): for iterating on the hot path")
+    parser.add_argument(
+        "--workers-rounds", type=int, default=0, help="only (a) and the workers quota phase, this many times"
+    )
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--skip-workers", action="store_true")
     parser.add_argument("--generator-check", action="store_true", help="also drive the bare app with 2 wrk threads")
