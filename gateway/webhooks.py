@@ -41,7 +41,8 @@ from gateway.errors import (
 from gateway.events import build_event
 from gateway.forwarder import Forwarder, Outcome
 from gateway.inbound import InboundRequest
-from gateway.inspector.store import DIAGNOSIS_KEY, INBOUND_KEY
+from gateway.inspector.redaction import params_holding
+from gateway.inspector.store import DIAGNOSIS_KEY, INBOUND_KEY, SECRET_NAMES_KEY
 from gateway.keystore import NOT_CACHED, KeyStore
 from gateway.log_safety import loggable
 from gateway.providers import PhoneCredentials, Provider, RouteFamily, Verifier
@@ -52,6 +53,8 @@ access_log = logging.getLogger("gateway.access")
 log = logging.getLogger("gateway.webhooks")
 
 ALLOWED_METHODS = frozenset({"GET", "POST"})
+# Refusals whose request may carry a phone's secret under another parameter name (the inspector redacts it).
+_TOKEN_REASONS = frozenset({Reason.IP_NOT_ALLOWED, Reason.MISSING_TOKEN, Reason.INVALID_TOKEN})
 # The forwarder's refusals, and the reason each is answered and counted with.
 REFUSED_OUTCOMES: dict[Outcome, Reason] = {
     Outcome.REPLAY: Reason.REPLAYED_NONCE,
@@ -294,6 +297,11 @@ class WebhookHandler:
                 scope[DIAGNOSIS_KEY] = self._explain_rejection(
                     rejection.reason, inbound, creds, self._verifiers[provider], now, peer[0] if peer else None
                 )
+            if rejection.reason in _TOKEN_REASONS and self._inspect is not None:
+                # The inspector must not show a phone secret sent under another parameter name.
+                kinds = spec.credentials.secret_config.values()
+                secret = (key.material for kind in kinds for key in creds.keys.get(kind, ()))
+                scope[SECRET_NAMES_KEY] = params_holding(inbound, secret)
             if rejection.reason is Reason.IP_NOT_ALLOWED and self._unlisted is not None:
                 self._unlisted(inbound, creds, now)  # allowlist discovery: records, never accepts, never raises
             return await self._reject(send, rejection.reason, provider_label)

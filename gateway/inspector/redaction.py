@@ -17,6 +17,7 @@ names a carrier.
 
 from __future__ import annotations
 
+import hmac
 import re
 import shlex
 from collections.abc import Iterable, Mapping
@@ -86,13 +87,20 @@ def _is_signature_header(name: str) -> bool:
 @dataclass(frozen=True, slots=True)
 class Redactor:
     mask: bool  # GATEWAY_INSPECTOR_MASK_NUMBERS
+    secret_names: frozenset[str] = frozenset()  # one request's parameters that held a phone's secret
+
+    def for_record(self, secret_names: frozenset[str]) -> Redactor:
+        return self if not secret_names else Redactor(self.mask, secret_names)
 
     def value(self, text: str) -> str:
         return printable(mask_numbers(text) if self.mask else text)
 
+    def secret(self, name: str) -> bool:
+        return is_secret_param(name) or name in self.secret_names
+
     def pairs(self, pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
         """Parameters without any carrier's secret ones, numbers masked."""
-        return [(printable(name, 200), self.value(value)) for name, value in pairs if not is_secret_param(name)]
+        return [(printable(name, 200), self.value(value)) for name, value in pairs if not self.secret(name)]
 
     def query(self, raw: str) -> str:
         """A raw query string rebuilt without secret parameters (numbers masked); "" when none is left."""
@@ -130,7 +138,7 @@ class Redactor:
     def json(self, value: Any) -> Any:
         """A parsed JSON value without secret keys, numbers masked."""
         if isinstance(value, dict):
-            return {key: self.json(item) for key, item in value.items() if not is_secret_param(str(key))}
+            return {key: self.json(item) for key, item in value.items() if not self.secret(str(key))}
         if isinstance(value, list):
             return [self.json(item) for item in value]
         if isinstance(value, str):
@@ -198,3 +206,27 @@ def explain_command(
     if data is not None:
         lines.append(f"  --data-raw {shlex.quote(data)}")
     return " \\\n".join(lines[1:]).join([lines[0] + "\n", "\nEOF"])
+
+
+def params_holding(inbound: InboundRequest, secrets: Iterable[bytes]) -> frozenset[str]:
+    """Names of the query and form parameters whose value is one of `secrets` (compared in constant time).
+
+    A phone's secret sent under another name (Exotel's token as `?tok=`) is then redacted like the
+    carriers' secret parameters. Refused requests only: never on the accepted path.
+    """
+    materials = list(secrets)
+    if not materials:
+        return frozenset()
+    try:
+        pairs = [*inbound.query_params(), *inbound.form_params()]
+    except Rejected:
+        return frozenset()
+    names = set()
+    for name, value in pairs:
+        raw = value.encode("utf-8", "surrogatepass")
+        matched = False
+        for material in materials:
+            matched |= hmac.compare_digest(raw, material)
+        if matched:
+            names.add(name)
+    return frozenset(names)

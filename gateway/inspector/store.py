@@ -25,6 +25,9 @@ from gateway.inbound import InboundRequest
 # Where the request path leaves what a record needs in the ASGI scope (extension keys, per request).
 INBOUND_KEY = "gateway.inbound"
 DIAGNOSIS_KEY = "gateway.diagnosis"
+# Names of parameters that held one of the phone's secrets under another name (Exotel's token as ?tok=):
+# set by the request path on refusals that can have one, redacted like the carriers' secret parameters.
+SECRET_NAMES_KEY = "gateway.secret_names"
 
 DEFAULT_MAX_REQUESTS = 200
 DEFAULT_MAX_BYTES = 4 * 1024 * 1024  # per kind (accepted / rejected), per worker
@@ -56,6 +59,7 @@ class Record(NamedTuple):
     body_size: int  # bytes received; the body itself is dropped above MAX_BODY_KEPT
     diagnosis: object  # what the mismatch explainer returned (gateway/diagnostics/mismatch.py), or None
     size: int  # bytes charged against the bound
+    secret_names: frozenset[str] = frozenset()  # parameters that held one of the phone's secrets (redacted)
 
     @property
     def accepted(self) -> bool:
@@ -145,6 +149,7 @@ class InspectorStore:
             body_size,
             diagnosis,
             size,
+            scope.get(SECRET_NAMES_KEY) or frozenset(),
         )
         (self._accepted if 200 <= status < 300 else self._rejected).add(record)
 

@@ -184,7 +184,7 @@ class Inspector:
             return self._page(request, "gone.html", gone, status=404)
         row = self._row(record)
         shown = (
-            show(record.request, record.phone_id, self._redactor, record.body_size)
+            show(record.request, record.phone_id, self._redactor.for_record(record.secret_names), record.body_size)
             if record.request is not None
             else None
         )
