@@ -100,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
                 sys.stderr.write(
                     f"[profile] {fmt}: {wrk.rps:,.0f} req/s under py-spy, non-2xx {wrk.non2xx}, wrapped {wrk.wrapped}\n"
                 )
+        # py-spy writes its command line (absolute paths of this machine) into the graph's title: keep the
+        # committed file the same on anyone's machine.
+        svg = out_base.with_suffix(".svg")
+        svg.write_text(svg.read_text(encoding="utf-8").replace(str(harness.REPO) + "/", ""), encoding="utf-8")
         text = f"gateway {args.kind} under wrk (py-spy --rate {args.rate}, {args.duration:g} s)\n\n"
         text += summarise(tmp / "collapsed.txt")
         out_base.with_suffix(".txt").write_text(text)
