@@ -47,16 +47,28 @@ class ExotelVerifier:
         # back to IP-only.
         if not creds.keys.get(KeyKind.EXOTEL_WEBHOOK_TOKEN):
             return Verified(key_fingerprint=None)
-        presented = [value for name, value in inbound.query_params() if name == TOKEN_PARAM]
-        if not presented or not presented[0]:
-            raise Rejected(Reason.MISSING_TOKEN)
-        if len(presented) > 1:  # which one would we check? ambiguous: refuse
-            raise Rejected(Reason.INVALID_TOKEN, "token given more than once")
-        token = presented[0].encode("utf-8")
-        for key in creds.active_keys(KeyKind.EXOTEL_WEBHOOK_TOKEN, now):
-            if hmac.compare_digest(key.material, token):
-                return Verified(key_fingerprint=key.fingerprint)
+        return Verified(key_fingerprint=check_token(inbound, creds, now).fingerprint)
+
+
+def check_token(request: InboundRequest, creds: PhoneCredentials, now: float) -> Key:
+    """The phone's active token that the request's one `?token=` is (every key compared, constant time).
+
+    Rejected: missing (or empty), given more than once (which one would we check?), or no active
+    token matches. The one token check of the verifier, `gateway explain` and allowlist discovery.
+    """
+    presented = [value for name, value in request.query_params() if name == TOKEN_PARAM]
+    if not presented or not presented[0]:
+        raise Rejected(Reason.MISSING_TOKEN)
+    if len(presented) > 1:
+        raise Rejected(Reason.INVALID_TOKEN, "token given more than once")
+    token = presented[0].encode("utf-8")
+    found = None
+    for key in creds.active_keys(KeyKind.EXOTEL_WEBHOOK_TOKEN, now):
+        if hmac.compare_digest(key.material, token) and found is None:
+            found = key
+    if found is None:
         raise Rejected(Reason.INVALID_TOKEN)
+    return found
 
 
 _SECRET_PARAMS = frozenset({TOKEN_PARAM})
@@ -128,17 +140,13 @@ def unsigned_proof(secret: bytes | None) -> tuple[list[tuple[str, str]], list[st
 
 def token_matches(request: InboundRequest, creds: PhoneCredentials, now: float) -> bool:
     """`gateway explain`: the phone has no token, or the request carries one active token of it once."""
-    keys = creds.active_keys(KeyKind.EXOTEL_WEBHOOK_TOKEN, now)
     if not creds.keys.get(KeyKind.EXOTEL_WEBHOOK_TOKEN):
         return True
     try:
-        presented = [value for name, value in request.query_params() if name == TOKEN_PARAM]
+        check_token(request, creds, now)
     except Rejected:
         return False
-    if len(presented) != 1:
-        return False
-    token = presented[0].encode("utf-8")
-    return any(hmac.compare_digest(key.material, token) for key in keys)
+    return True
 
 
 def explain(data: ExplainInput) -> tuple[list[str], bool]:
@@ -252,16 +260,10 @@ def token_proves_account(request: InboundRequest, creds: PhoneCredentials, now: 
     if not creds.keys.get(KeyKind.EXOTEL_WEBHOOK_TOKEN):
         return False
     try:
-        presented = [value for name, value in request.query_params() if name == TOKEN_PARAM]
+        check_token(request, creds, now)
     except Rejected:
         return False
-    if len(presented) != 1 or not presented[0]:
-        return False
-    token = presented[0].encode("utf-8")
-    matched = False
-    for key in creds.active_keys(KeyKind.EXOTEL_WEBHOOK_TOKEN, now):
-        matched |= hmac.compare_digest(key.material, token)  # every key compared: no early exit
-    return matched
+    return True
 
 
 SPEC = CarrierSpec(

@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -107,15 +108,7 @@ def run_gateway(
         "timeout_graceful_shutdown": 5,
     }
     options.update(uvicorn_options)
-    config = uvicorn.Config(app, **options)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("gateway did not start")
-        time.sleep(0.01)
+    server, thread = serve_in_thread(uvicorn.Config(app, **options))
     running = RunningGateway(app, server, port)
     # Wait until the key-change subscription is live so invalidation tests are deterministic.
     components = app.components
@@ -128,6 +121,21 @@ def run_gateway(
         running.client.close()
         server.should_exit = True
         thread.join(timeout=15)
+
+
+def serve_in_thread(
+    config: uvicorn.Config, sockets: list[socket.socket] | None = None
+) -> tuple[uvicorn.Server, threading.Thread]:
+    """A real uvicorn server on its own thread, returned once it accepts connections."""
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": sockets}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("gateway did not start")
+        time.sleep(0.01)
+    return server, thread
 
 
 def forwarded_headers(url: str, client_ip: str) -> dict[str, str]:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import socket
-import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
@@ -15,7 +13,7 @@ import uvicorn
 
 from gateway.app import GatewayApp
 from gateway.embedded_redis import free_port
-from tests.helpers.support import ADMIN_TOKEN, Clock, as_carrier, make_settings
+from tests.helpers.support import ADMIN_TOKEN, Clock, as_carrier, make_settings, serve_in_thread
 
 INSPECTOR = "/admin/inspector"
 
@@ -71,14 +69,7 @@ def two_ports(redis_url: str, **env: str) -> Iterator[TwoPorts]:
     config = uvicorn.Config(
         app, lifespan="on", log_level="warning", proxy_headers=False, access_log=False, http="httptools", loop="asyncio"
     )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": sockets}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("gateway did not start")
-        time.sleep(0.01)
+    server, thread = serve_in_thread(config, sockets)
     running = TwoPorts(app, port, admin_port)
     try:
         yield running

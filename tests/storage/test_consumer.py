@@ -39,11 +39,6 @@ GROUP = "dispatch"
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 async def client(redis_url: str) -> AsyncIterator[Redis]:
     connection = Redis.from_url(redis_url)
     try:

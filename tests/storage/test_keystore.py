@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import AsyncIterator
 
 import pytest
 from nacl.signing import SigningKey
@@ -22,20 +21,6 @@ pytestmark = pytest.mark.anyio
 TOKEN = "Tok3n-for-tests-0123456789abcdefghij"
 NEW_TOKEN = "N3w-token-for-tests-0123456789abcdefg"
 NAMES = KeyNames()
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def redis_client(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 def make_store(client: Redis, clock: Clock | None = None, ttl: float = 60.0) -> KeyStore:

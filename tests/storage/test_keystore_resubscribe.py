@@ -20,11 +20,6 @@ NAMES = KeyNames()
 BODY = {"provider": "plivo", "credentials": {"auth_id": "MAEXAMPLE000000000", "auth_token": "T" * 32}}
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def test_a_dropped_subscription_clears_the_cache(redis_url: str, redis_sync: redis.Redis) -> None:
     client = connect(make_settings(redis_url))  # the gateway's own client: one transparent retry
     store = KeyStore(client, Sealer(b"k" * 32), NAMES, cache_ttl_s=60, negative_ttl_s=60)

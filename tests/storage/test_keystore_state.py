@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
 
 import orjson
 import pytest
@@ -23,20 +22,6 @@ TOKEN = "Tok3n-for-tests-0123456789abcdefghij"
 NEW_TOKEN = "N3w-token-for-tests-0123456789abcdefg"
 NAMES = KeyNames()
 KEK = b"k" * 32
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def redis_client(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 def make_store(client: Redis, sealer: Sealer | None = None, **options: object) -> KeyStore:

@@ -16,11 +16,6 @@ from gateway.stream_monitor import StreamMonitor
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def probe_of(client: Redis, wait_replicas: int = 0) -> Callable[[], Awaitable[None]]:
     forwarder = Forwarder(client, KeyNames(), nonce_ttl_s=60, idempotency_ttl_s=60, wait_replicas=wait_replicas)
     return lambda: forwarder.probe_write("gateway:probe")
