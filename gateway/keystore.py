@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+import redis.exceptions as rx
 from redis.asyncio import Redis
 
 from gateway import metrics
@@ -49,6 +50,12 @@ log = logging.getLogger("gateway.keystore")
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _reply_code(error: rx.ResponseError) -> str:
+    """The error reply's code (WRONGTYPE, ERR...): never the rest of its text."""
+    words = str(error).split(maxsplit=1)
+    return words[0] if words and words[0].isupper() and words[0].isalpha() else type(error).__name__
 
 
 def _number_of(raw: bytes | str) -> str | None:
@@ -197,6 +204,13 @@ class KeyStore:
         except OUTAGES as exc:
             metrics.REDIS_ERRORS.labels("keystore", metrics.redis_error_class(exc)).inc()
             raise Unavailable("redis") from None
+        except rx.ResponseError as exc:
+            # WRONGTYPE: something other than the admin API wrote the key (a hash, a list): fail
+            # closed like any invalid record, answered exactly as an unknown phone.
+            log.error(
+                "phone record is unreadable (%s); refusing its webhooks", _reply_code(exc), extra={"phone_id": phone_id}
+            )
+            return None
         if raw is None:
             return None
         try:
@@ -222,6 +236,9 @@ class KeyStore:
         except OUTAGES as exc:
             metrics.REDIS_ERRORS.labels("keystore", metrics.redis_error_class(exc)).inc()
             raise Unavailable("redis") from None
+        except rx.ResponseError as exc:  # WRONGTYPE: not written by the admin API; no phone has it
+            log.error("number index entry is unreadable (%s); no phone answers for it", _reply_code(exc))
+            return None
         phone_id = _text(raw) if raw is not None else None
         self._numbers.put(number, phone_id)
         return phone_id

@@ -33,7 +33,7 @@ from gateway.providers.registry import CARRIERS, ROUTES
 
 PROVIDERS = tuple(provider.value for provider in CARRIERS)
 KINDS = tuple(dict.fromkeys(route.kind for _family, route in ROUTES.values()))
-OUTCOMES = ("accepted", "duplicate", "held", "rejected", "unavailable", "too_large", "bad_request")
+OUTCOMES = ("accepted", "duplicate", "held", "rejected", "unavailable", "too_large", "bad_request", "error")
 ANSWER_RESULTS = ("template", "proxied", "timeout", "error", "bad_status", "too_large", "not_configured")
 CALL_EVENT_RESULTS = ("held", "released")
 MISMATCHES = (
@@ -270,7 +270,7 @@ def redis_error_class(exc: BaseException) -> str:
         return "not_replicated"
     if isinstance(exc, rx.ReadOnlyError):
         return "readonly"
-    if isinstance(exc, rx.ClusterDownError | rx.TryAgainError | rx.SlotNotCoveredError):
+    if isinstance(exc, rx.ClusterError | rx.TryAgainError | rx.RedisClusterException):
         return "cluster_down"
     if isinstance(exc, rx.OutOfMemoryError):
         return "oom"

@@ -17,10 +17,13 @@ OUTAGES: tuple[type[BaseException], ...] = (
     rx.OutOfMemoryError,
     OSError,
     TimeoutError,  # asyncio.TimeoutError is this class since Python 3.11
-    # Redis Cluster: no node has the slot yet / the cluster is re-forming (not connection errors in redis-py)
-    rx.ClusterDownError,
+    # Redis Cluster re-forming (not connection errors in redis-py): CLUSTERDOWN and MASTERDOWN
+    # (ClusterDownError), a redirection loop ("TTL exhausted.": ClusterError), TRYAGAIN, and
+    # RedisClusterException, not even a RedisError: a slot no node serves (SlotNotCoveredError),
+    # seeds that disagree on the slot map or cannot be reached while it is refreshed.
+    rx.ClusterError,
     rx.TryAgainError,
-    rx.SlotNotCoveredError,
+    rx.RedisClusterException,
 )
 
 # Every outage but a full server (OOM): what the reference stream consumer waits out

@@ -9,6 +9,7 @@ middleware stacks and per-request objects it does not need.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
@@ -179,6 +180,13 @@ class WebhookHandler:
             status, outcome, reason, provider_label = await self._handle(scope, receive, send, route)
         except ClientDisconnected:
             status, outcome, reason = CLIENT_CLOSED, "bad_request", "client_disconnected"
+        except Exception:
+            # A bug, or a Redis failure not known as an outage: a 503 the carrier retries, so nothing
+            # is lost; the traceback goes to the log, never to the client.
+            log.exception("unexpected error handling a webhook; answered 503")
+            status, outcome, reason = UNAVAILABLE_ANSWER[0], "error", "internal_error"
+            with contextlib.suppress(Exception):  # fails if the answer had already started
+                await respond(send, *UNAVAILABLE_ANSWER, extra_headers=_RETRY_AFTER)
         finally:
             tally = metrics.TALLY
             tally.count(metrics.request_counter(provider_label, route.kind, outcome))

@@ -26,6 +26,7 @@ import pytest
 import redis
 
 from gateway.embedded_redis import EmbeddedRedis
+from gateway.redis_keys import KeyNames
 from tests.helpers.builders import new_token, plivo_phone, plivo_request
 from tests.helpers.support import RunningGateway, make_settings, random_id, run_gateway, send_as_carrier
 
@@ -380,3 +381,63 @@ def test_missing_replicas_make_readyz_not_ready_and_webhooks_503(server: Embedde
         assert_unavailable(send_as_carrier(waiting, signed(phone)))
     with run_gateway(make_settings(server.url)) as plain:  # the same server without the requirement: ready
         assert readyz(plain)[0] == 200
+
+
+# ---- keys the gateway did not write, and bugs: never a 500 ---------------------------------------
+
+
+def test_a_phone_key_of_the_wrong_type_is_refused_like_an_unknown_phone(
+    gw: RunningGateway, server: EmbeddedRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    phone = plivo_phone(random_id(), new_token())
+    client = client_for(server)
+    try:
+        client.hset(KeyNames().phone(phone["id"]), "auth_token", "not written by the admin API")  # WRONGTYPE for GET
+        unknown = send_as_carrier(gw, signed(plivo_phone(random_id(), new_token())))
+        response = send_as_carrier(gw, signed(phone))
+        assert (response.status_code, response.text) == (unknown.status_code, unknown.text)
+        assert response.status_code == 403
+        assert "phone record is unreadable (WRONGTYPE)" in caplog.text
+        assert client.xlen(STREAM) == 0
+    finally:
+        client.close()
+
+
+def test_a_number_index_entry_of_the_wrong_type_finds_no_phone(
+    gw: RunningGateway, server: EmbeddedRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = client_for(server)
+    try:
+        client.rpush(KeyNames().number("+14155550101"), "ph_x")
+        body = b'{"data":{"id":"ev-1","payload":{"to":"+14155550101","from":"+14155550100"}}}'
+        response = gw.client.post("/webhooks/telnyx/voice", content=body, headers={"content-type": "application/json"})
+        assert response.status_code in (400, 401, 403)  # answered like any unknown number
+        assert "number index entry is unreadable (WRONGTYPE)" in caplog.text
+        assert client.xlen(STREAM) == 0
+    finally:
+        client.close()
+
+
+def test_an_unexpected_error_is_a_503_with_no_detail_and_a_traceback_in_the_log(
+    gw: RunningGateway, server: EmbeddedRedis, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection: the phone lookup fails with an error nobody anticipated (a bug, or a
+    Redis client error not known as an outage). The carrier must retry: 503, never a 500."""
+    components = gw.app.components
+    assert components is not None
+
+    async def broken(phone_id: str) -> None:
+        raise RuntimeError("an unanticipated failure for " + phone_id)
+
+    monkeypatch.setattr(components.keystore, "credentials", broken)
+    request = signed(plivo_phone(random_id(), new_token()))  # not cached: the lookup runs
+    assert_unavailable(send_as_carrier(gw, request))
+    failures = [r for r in caplog.records if r.getMessage().startswith("unexpected error handling a webhook")]
+    assert len(failures) == 1 and failures[0].exc_info is not None
+    monkeypatch.undo()
+    assert retry_until_accepted(gw, request).status_code == 403  # the real lookup: an unknown phone
+    client = client_for(server)
+    try:
+        assert client.xlen(STREAM) == 0
+    finally:
+        client.close()

@@ -37,6 +37,10 @@ def _wait(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
     raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
 
 
+class ServerExited(RuntimeError):
+    """The server process ended before it answered (its log says why)."""
+
+
 def key_in_slot_range(first: int, last: int) -> str:
     """A key whose cluster slot is in [first, last]."""
     for index in range(1_000_000):
@@ -47,32 +51,62 @@ def key_in_slot_range(first: int, last: int) -> str:
 
 
 class Node:
-    """One server process (data node or sentinel) on 127.0.0.1:port."""
+    """One server process (data node or sentinel) on 127.0.0.1:port (and bus_port, a cluster node)."""
 
-    def __init__(self, root: Path, name: str, args: list[str], *, sentinel: bool = False) -> None:
+    def __init__(
+        self, root: Path, name: str, args: list[str], *, sentinel: bool = False, cluster_bus: bool = False
+    ) -> None:
         self.port = free_port()
+        # An explicit bus port: the default (port + 10000) may be out of range or taken.
+        self.bus_port = free_port() if cluster_bus else None
         self.dir = root / name
         self.dir.mkdir(parents=True)
         self.sentinel = sentinel
         self.args = args
         self.process: subprocess.Popen[bytes] | None = None
+        self.started_once = False
 
     def start(self) -> Node:
+        """Start the server; a first start whose port was taken meanwhile is retried on new ports
+        (a restart keeps its ports: the cluster knows the node by them)."""
+        attempts = 1 if self.started_once else 3
+        for attempt in range(1, attempts + 1):
+            log_size = self._log_size()
+            self.process = subprocess.Popen(self._argv(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                _wait(self._ping, 10, f"{'sentinel' if self.sentinel else 'server'} on port {self.port}")
+                break
+            except ServerExited:
+                self.stop(kill=True)
+                if attempt == attempts or not self._port_was_taken(log_size):
+                    raise
+                self.port = free_port()
+                self.bus_port = free_port() if self.bus_port is not None else None
+        self.started_once = True
+        return self
+
+    def _argv(self) -> list[str]:
         base = ["--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.dir)]
         base += ["--logfile", str(self.dir / "server.log"), "--save", "", "--appendonly", "no"]
         if self.sentinel:
             conf = self.dir / "sentinel.conf"
             conf.write_text("\n".join(self.args) + "\n")
-            argv = [find_server_binary(), str(conf), "--sentinel", *base[:6], "--logfile", str(self.dir / "server.log")]
-        else:
-            argv = [find_server_binary(), *base, *self.args]
-        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait(self._ping, 10, f"{'sentinel' if self.sentinel else 'server'} on port {self.port}")
-        return self
+            return [find_server_binary(), str(conf), "--sentinel", *base[:6], "--logfile", str(self.dir / "server.log")]
+        bus = ["--cluster-port", str(self.bus_port)] if self.bus_port is not None else []
+        return [find_server_binary(), *base, *self.args, *bus]
+
+    def _log_size(self) -> int:
+        path = self.dir / "server.log"
+        return path.stat().st_size if path.exists() else 0
+
+    def _port_was_taken(self, log_size: int) -> bool:
+        with (self.dir / "server.log").open("rb") as log_file:
+            log_file.seek(log_size)
+            return b"Address already in use" in log_file.read()
 
     def _ping(self) -> bool:
         if self.process is not None and self.process.poll() is not None:
-            raise RuntimeError(f"server exited at start, see {self.dir / 'server.log'}")
+            raise ServerExited(f"server exited at start, see {self.dir / 'server.log'}")
         with self.client() as client:
             return bool(client.ping())
 
@@ -104,11 +138,7 @@ class LocalCluster:
         # No diskless-sync delay (default 5 s): a replica syncs at once, and again after a failover.
         args += ["--repl-diskless-sync-delay", "0"]
         total = masters * (1 + replicas)
-        # An explicit bus port: the default (port + 10000) overflows for ephemeral ports above 55535.
-        self.bus_ports = [free_port() for _ in range(total)]
-        self.nodes = [
-            Node(self.root, f"node{i}", [*args, "--cluster-port", str(self.bus_ports[i])]) for i in range(total)
-        ]
+        self.nodes = [Node(self.root, f"node{i}", list(args), cluster_bus=True) for i in range(total)]
         self.masters = self.nodes[:masters]
         # replicas_of[m] = the replicas started for master m (in `nodes` after every master).
         self.replicas_of = {
@@ -137,8 +167,8 @@ class LocalCluster:
                 with node.client() as client:
                     client.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
             with self.nodes[0].client() as client:
-                for other, bus_port in zip(self.nodes[1:], self.bus_ports[1:], strict=True):
-                    client.execute_command("CLUSTER", "MEET", "127.0.0.1", other.port, bus_port)
+                for other in self.nodes[1:]:
+                    client.execute_command("CLUSTER", "MEET", "127.0.0.1", other.port, other.bus_port)
             _wait(self._converged, 20, "cluster_state:ok on every node")
             if any(self.replicas_of.values()):
                 for index, master in enumerate(self.masters):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 import redis.exceptions as rx
 
-from gateway import consumer, forwarder, keystore
+from gateway import consumer, forwarder, keystore, metrics
 from gateway.errors import NotReplicated
 from gateway.redis_client import ClusterUnavailable
 from gateway.redis_errors import OUTAGES, OUTAGES_EXCEPT_OOM
@@ -20,11 +21,33 @@ def test_the_outages() -> None:
         rx.OutOfMemoryError,
         OSError,
         asyncio.TimeoutError,
-        rx.ClusterDownError,
+        rx.ClusterError,
         rx.TryAgainError,
-        rx.SlotNotCoveredError,
+        rx.RedisClusterException,
     }
     assert issubclass(ClusterUnavailable, OUTAGES)  # an unreachable cluster is an outage, not a 500
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        rx.ClusterDownError("CLUSTERDOWN The cluster is down"),
+        rx.MasterDownError("MASTERDOWN Link with MASTER is down"),
+        rx.ClusterError("TTL exhausted."),  # redis-py after too many MOVED/ASK/TRYAGAIN in a failover
+        rx.TryAgainError("TRYAGAIN"),
+        rx.SlotNotCoveredError('Slot "5" is not covered by the cluster.'),
+        rx.RedisClusterException("startup_nodes could not agree on a valid slots cache"),
+    ],
+    ids=lambda error: type(error).__name__,
+)
+def test_a_cluster_re_forming_is_an_outage_with_a_fixed_label(error: Exception) -> None:
+    assert isinstance(error, OUTAGES)
+    assert metrics.redis_error_class(error) == "cluster_down"
+
+
+def test_a_script_error_is_not_an_outage() -> None:
+    assert not isinstance(rx.ResponseError("ERR Error running script"), OUTAGES)
+    assert not isinstance(rx.ClusterCrossSlotError("CROSSSLOT"), OUTAGES)
 
 
 def test_the_consumer_waits_out_every_outage_but_oom() -> None:
