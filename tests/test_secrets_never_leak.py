@@ -276,7 +276,7 @@ def test_a_full_run_leaks_no_secret(captured: Capture, keys: Secrets, private_re
         )
         assert record(seen, response).status_code == 400
 
-        # -- an unexpected exception on the request path: uvicorn logs its traceback, answers 500
+        # -- an unexpected exception on the request path: logged with its traceback, answered 503 (the carrier retries)
         components = gw.app.components
         assert components is not None
         original = components.forwarder.forward
@@ -289,7 +289,8 @@ def test_a_full_run_leaks_no_secret(captured: Capture, keys: Secrets, private_re
             crashed = record(seen, send_as_carrier(gw, plivo_request(keys.plivo_token, "ph_leak_plivo")))
         finally:
             components.forwarder.forward = original  # type: ignore[method-assign]
-        assert crashed.status_code == 500 and "Traceback" not in crashed.text
+        assert (crashed.status_code, crashed.text) == (503, "service unavailable\n")
+        assert crashed.headers["retry-after"] == "1"
         assert any("simulated bug" in line for line in captured.lines)
 
         # -- Redis down: 503s, reconnect warnings, readiness errors
