@@ -27,7 +27,7 @@ from tests.helpers.support import REPO
 
 PACKAGE = REPO / "gateway"
 MAX_LAZY_IMPORTS = 6
-MAX_CARRIER_AWARE = 3
+MAX_CARRIER_AWARE = 2
 STORAGE = frozenset(
     {
         "gateway.cache",

@@ -27,7 +27,7 @@ from gateway.settings import SettingsError
 def run(args: argparse.Namespace) -> int:
     try:  # a start-up error is a settings error, as for every command (exit 3)
         settings = cli_settings()
-        allowlist = settings.verifier_options().ip_allowlist
+        options = settings.verifier_options()  # the allowlist and timestamp window the verifiers use
     except SettingsError as exc:
         return settings_failure(exc)
     try:
@@ -44,8 +44,8 @@ def run(args: argparse.Namespace) -> int:
                 creds,
                 public_base=settings.public_base,
                 public_url=args.public_url,
-                tolerance_s=settings.telnyx_tolerance_s,
-                allowlist=allowlist,
+                tolerance_s=options.timestamp_tolerance_s,
+                allowlist=options.ip_allowlist,
                 trusted_proxies=settings.trusted_proxies,
             )
             sys.stdout.write("\n".join(lines) + "\n")
