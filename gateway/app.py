@@ -23,7 +23,7 @@ from gateway.admin import AdminAPI
 from gateway.answers import Answerer
 from gateway.asgi_io import Receive, Scope, Send
 from gateway.calls import CallAware
-from gateway.diagnostics.mismatch import MismatchExplainer
+from gateway.diagnostics.explainer import MismatchExplainer
 from gateway.diagnostics.rejection import Context
 from gateway.dispatch import DispatchClient
 from gateway.errors import NOT_FOUND

@@ -77,7 +77,7 @@ class Settings:
     redis_max_connections: int = 64
     plivo_answer_template: str = DEFAULT_PLIVO_ANSWER
     twilio_answer_template: str = DEFAULT_TWILIO_ANSWER
-    explain_mismatches: bool = True  # diagnose failed signatures: gateway/diagnostics/mismatch.py
+    explain_mismatches: bool = True  # diagnose failed signatures: gateway/diagnostics/explainer.py
     # The request inspector on the admin port (gateway/inspector/; parsed by _parse_inspector).
     inspector: bool = True
     inspector_max_requests: int = 200  # kept per worker, of rejected and of accepted requests each

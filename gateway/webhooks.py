@@ -164,7 +164,7 @@ class WebhookHandler:
         self._clock = clock
         self._decoys = _decoys()
         self._numbers_in_request = _numbers_in_request()
-        self._explain = explain  # gateway/diagnostics/mismatch.py: diagnoses failed signatures, never accepts
+        self._explain = explain  # gateway/diagnostics/explainer.py: diagnoses failed signatures, never accepts
         self._explain_rejection = explain_rejection  # the same, for the other refusals (diagnostics/rejection.py)
         # GATEWAY_ACCESS_LOG: a line costs about a tenth of an accepted request's CPU, and the
         # metrics and the stream already record every accepted one; refusals and 503s are what

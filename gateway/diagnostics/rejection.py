@@ -1,7 +1,7 @@
 """Why was a request refused for a reason other than a failed signature? Pure, diagnosis only.
 
 `gateway explain` (report.py) and the live diagnosis (`MismatchExplainer.rejection`,
-mismatch.py) share these functions, so both say the same thing:
+explainer.py) share these functions, so both say the same thing:
 
 - `stale_timestamp` (a carrier whose spec says when a request was signed, `CarrierSpec.signed_at`):
   how far off the timestamp is and in which direction, and whether the signature verifies at

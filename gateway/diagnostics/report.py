@@ -16,7 +16,7 @@ import dataclasses
 import time
 from urllib.parse import urlsplit
 
-from gateway.diagnostics import mismatch, rejection
+from gateway.diagnostics import mismatch, rejection, variants
 from gateway.diagnostics.capture import Captured
 from gateway.diagnostics.errors import CaptureError
 from gateway.diagnostics.strings_to_sign import shown, strings_to_sign
@@ -113,7 +113,7 @@ def differences(received: InboundRequest, configured: InboundRequest) -> list[st
     if received.scheme != configured.scheme:
         out.append(f"scheme: gateway sees {received.scheme}, carrier calls {configured.scheme}")
     if received.netloc != configured.netloc:
-        same_host = mismatch.split_netloc(received.netloc)[0] == mismatch.split_netloc(configured.netloc)[0]
+        same_host = variants.split_netloc(received.netloc)[0] == variants.split_netloc(configured.netloc)[0]
         kind = "port" if same_host else "host"
         out.append(f"{kind}: gateway sees {received.netloc}, carrier calls {configured.netloc}")
     if received.raw_path != configured.raw_path:
@@ -235,10 +235,10 @@ def _variants(
     *,
     body_only: bool = False,
 ) -> bool:
-    """Append the variants tried (gateway/diagnostics/mismatch.py) and the first match; True if one matched."""
+    """Append the variants tried (gateway/diagnostics/variants.py) and the first match; True if one matched."""
     provider = creds.provider
-    tried: list[tuple[mismatch.Variant, bool]] = []
-    found: mismatch.Variant | None = None
+    tried: list[tuple[variants.Variant, bool]] = []
+    found: variants.Variant | None = None
     for variant, verified in mismatch.attempts(
         received, creds, verifier, now, public_base=hint, base_source=hint_source, limit=CLI_MAX_VARIANTS
     ):

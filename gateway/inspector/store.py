@@ -57,7 +57,7 @@ class Record(NamedTuple):
     client: str  # socket peer (the resolved client address is in `request`)
     request: InboundRequest | None  # None when refused before it was built (405, 413)
     body_size: int  # bytes received; the body itself is dropped above MAX_BODY_KEPT
-    diagnosis: object  # what the mismatch explainer returned (gateway/diagnostics/mismatch.py), or None
+    diagnosis: object  # what the mismatch explainer returned (gateway/diagnostics/explainer.py), or None
     size: int  # bytes charged against the bound
     secret_names: frozenset[str] = frozenset()  # parameters that held one of the phone's secrets (redacted)
 

@@ -184,14 +184,14 @@ class CarrierSpec:
     signing_key: Callable[[str], KeyKind] | None = None  # `sign --phone`: the phone's key that signs, per --algorithm
     # `sign` for a carrier that signs nothing: (the phone's secret or None) -> (query pairs to add, notes to print).
     unsigned_proof: Callable[[bytes | None], tuple[list[tuple[str, str]], list[str]]] | None = None
-    url_signing: UrlSigning = UrlSigning.NONE  # what a mismatch diagnosis may vary (gateway/diagnostics/mismatch.py)
+    url_signing: UrlSigning = UrlSigning.NONE  # what a mismatch diagnosis may vary (gateway/diagnostics/variants.py)
     # `explain`: (what, bytes) it signs for a request, given the request's URL as text; never a secret.
     strings_to_sign: Callable[[InboundRequest, str], list[tuple[str, bytes]]] | None = None
     signed_at: Callable[[InboundRequest], float | None] | None = None  # `explain`: when the request says it was signed
     explain_hint: tuple[str, ...] = ()  # `explain`: lines after a failed signature that covers no URL
     # `explain`: why a request may carry none of `signature_headers` (empty: a generic line).
     explain_no_signature: tuple[str, ...] = ()
-    # Its signature covers the raw body bytes: a mismatch diagnosis (gateway/diagnostics/mismatch.py)
+    # Its signature covers the raw body bytes: a mismatch diagnosis (gateway/diagnostics/variants.py)
     # may try the body as the carrier likely sent it (re-serialised JSON, trailing newline, encoding).
     signed_body: bool = False
     # `explain` for a carrier that signs nothing: (its report lines, whether the request passes).

@@ -25,7 +25,7 @@ from nacl.signing import SigningKey
 from prometheus_client import REGISTRY
 
 from gateway.cli import main
-from gateway.diagnostics.mismatch import MismatchExplainer
+from gateway.diagnostics.explainer import MismatchExplainer
 from tests.helpers.support import KEK, REPO, RunningGateway, make_settings, random_id, run_gateway
 
 PUBLIC = "https://hooks.example.com"

@@ -19,8 +19,10 @@ import pytest
 import redis
 from prometheus_client import REGISTRY
 
-from gateway.diagnostics import mismatch
-from gateway.diagnostics.mismatch import MAX_VARIANTS, MismatchExplainer, diagnose, variants
+from gateway.diagnostics import explainer
+from gateway.diagnostics.explainer import MismatchExplainer
+from gateway.diagnostics.mismatch import MAX_VARIANTS, diagnose
+from gateway.diagnostics.variants import LABELS, variants
 from gateway.errors import Reason, Rejected
 from gateway.inbound import InboundRequest
 from gateway.providers import KeyKind, PhoneCredentials, Provider, Verified
@@ -456,7 +458,7 @@ def rejected_count(provider: str, reason: str) -> float:
 
 
 def all_mismatches() -> float:
-    return sum(mismatch_count(p, m) for p in ("plivo", "vobiz", "twilio") for m in mismatch.LABELS)
+    return sum(mismatch_count(p, m) for p in ("plivo", "vobiz", "twilio") for m in LABELS)
 
 
 def plivo_http(
@@ -688,16 +690,19 @@ def test_http_no_diagnosis_on_success_unknown_phone_or_malformed_signature(
 
 
 def test_http_a_failing_diagnosis_does_not_change_the_answer(
-    gw: RunningGateway, redis_sync: redis.Redis, monkeypatch: pytest.MonkeyPatch
+    gw: RunningGateway, redis_sync: redis.Redis, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     def broken(*_args: Any, **_kwargs: Any) -> None:
         raise RuntimeError("diagnosis bug")
 
-    monkeypatch.setattr(mismatch, "diagnose", broken)
+    monkeypatch.setattr(explainer, "search", broken)  # what the request path's explainer calls
     phone_id, token = put_plivo(gw)
     target, headers, body = plivo_http(token, phone_id, f"http://hooks.example.com/plivo/status/{phone_id}")
     headers |= {"x-forwarded-proto": "https", "x-forwarded-host": "hooks.example.com"}
-    assert send(gw, target, headers=headers, body=body).status_code == 403
+    with caplog.at_level(logging.ERROR, logger="gateway.explain"):
+        assert send(gw, target, headers=headers, body=body).status_code == 403
+    assert "signature mismatch diagnosis failed (RuntimeError)" in caplog.text  # the broken search did run
+    assert "diagnosis bug" not in caplog.text  # its text is not logged
     assert redis_sync.xlen(STREAM) == 0
 
 

@@ -10,7 +10,6 @@ from nacl.signing import SigningKey
 
 from gateway.diagnostics.capture import parse_capture
 from gateway.diagnostics.errors import SignError
-from gateway.diagnostics.mismatch import SUPPORTED
 from gateway.diagnostics.report import received_request, report
 from gateway.diagnostics.signing import (
     ALGORITHMS,
@@ -23,6 +22,7 @@ from gateway.diagnostics.signing import (
     secret_from_phone,
 )
 from gateway.diagnostics.strings_to_sign import strings_to_sign
+from gateway.diagnostics.variants import SUPPORTED
 from gateway.diagnostics.wire import wire_text
 from gateway.errors import Rejected
 from gateway.inbound import wire_text as strict_wire_text

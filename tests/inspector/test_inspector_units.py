@@ -8,7 +8,8 @@ from urllib.parse import urlencode
 import orjson
 import pytest
 
-from gateway.diagnostics.mismatch import NO_MATCH, NOT_URL_SIGNED, OVER_BUDGET, MismatchExplainer, NotDiagnosed
+from gateway.diagnostics.explainer import MismatchExplainer
+from gateway.diagnostics.mismatch import NO_MATCH, NOT_URL_SIGNED, OVER_BUDGET, NotDiagnosed
 from gateway.inbound import InboundRequest
 from gateway.inspector.redaction import Redactor, mask_numbers, show
 from gateway.inspector.session import Sessions
