@@ -29,6 +29,7 @@ from gateway.dispatch import DispatchClient
 from gateway.errors import NOT_FOUND
 from gateway.forwarder import FORWARD_SCRIPT, Forwarder
 from gateway.http_protocol import EdgeHttpToolsProtocol
+from gateway.inspector.session import RedisLogouts
 from gateway.inspector.views import Inspector
 from gateway.keystore import KeyStore
 from gateway.providers.registry import build_verifiers
@@ -128,6 +129,7 @@ class GatewayApp:
         unlisted = UnlistedSources(source_log)  # allowlist discovery (docs/operations.md)
         if self._inspector is not None:
             self._inspector.show_unlisted_sources(source_log)
+            self._inspector.share_logouts(RedisLogouts(redis, self._names))
         explainer = (
             MismatchExplainer(
                 settings.public_base,

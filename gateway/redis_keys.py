@@ -131,6 +131,10 @@ class KeyNames:
         tag = "{" + f"{self.prefix}:unlisted-sources".replace("{", "").replace("}", "") + "}"
         return f"{tag}:{provider}:index", f"{tag}:{provider}:networks"
 
+    def inspector_logout(self, session_id: str) -> str:
+        """A logged-out inspector session (gateway/inspector/session.py), until its cookie expires."""
+        return f"{self.prefix}:inspector-logout:{session_id}"
+
     @property
     def unused(self) -> str:
         """A placeholder key in the stream's slot, for script arguments that are absent."""

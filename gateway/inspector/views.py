@@ -7,7 +7,7 @@ GATEWAY_INSPECTOR on; otherwise there are no such routes (404), and nothing is r
 - `GET /admin/inspector/requests/{id}`: one request, redacted, and as a `gateway explain` command;
 - `GET /admin/inspector/login`: the form; `POST /admin/inspector/login` (field `token`) sets the
   session cookie (gateway/inspector/session.py) or answers the form again with 401;
-- `POST /admin/inspector/logout`: clears it.
+- `POST /admin/inspector/logout`: ends the session, in every worker, and clears the cookie.
 
 Without a valid cookie every page answers 303 to the form. Nothing changes state on GET.
 """
@@ -30,7 +30,7 @@ from gateway.diagnostics.mismatch import Diagnosis, NotDiagnosed
 from gateway.diagnostics.rejection import Finding
 from gateway.errors import NOT_FOUND, Rejected
 from gateway.inspector.redaction import Redactor, mask_numbers, printable, show
-from gateway.inspector.session import COOKIE_NAME, COOKIE_PATH, Sessions
+from gateway.inspector.session import COOKIE_NAME, COOKIE_PATH, Sessions, SharedLogouts
 from gateway.inspector.store import InspectorStore, Record
 from gateway.providers.registry import CARRIERS
 from gateway.proxy import OriginResolver
@@ -108,6 +108,10 @@ class Inspector:
         self._templates = _templates()
         self._source_log: SourceLog | None = None
 
+    def share_logouts(self, shared: SharedLogouts) -> None:
+        """Tell every worker and instance of a logout (Redis): gateway/inspector/session.py."""
+        self._sessions.share_logouts(shared)
+
     def show_unlisted_sources(self, source_log: SourceLog) -> None:
         """List the allowlist-discovery sources (docs/operations.md) on the index page: one list in Redis."""
         self._source_log = source_log
@@ -158,7 +162,7 @@ class Inspector:
     # ---- pages --------------------------------------------------------------------------
 
     async def index(self, request: Request) -> Response:
-        refused = self._refuse(request)
+        refused = await self._refuse(request)
         if refused is not None:
             return refused
         snapshot = self.store.snapshot()
@@ -175,7 +179,7 @@ class Inspector:
         return self._page(request, "index.html", context)
 
     async def detail(self, request: Request) -> Response:
-        refused = self._refuse(request)
+        refused = await self._refuse(request)
         if refused is not None:
             return refused
         record = self.store.find(request.path_params["record_id"])
@@ -234,6 +238,10 @@ class Inspector:
     async def logout(self, request: Request) -> Response:
         if not self._on_admin_port(request):
             return _not_found()
+        try:
+            await self._sessions.log_out(request.cookies.get(COOKIE_NAME))
+        except Exception as exc:  # ended in this process and in the browser; other workers may still take the cookie
+            log.warning("inspector logout could not be shared with other workers (%s)", type(exc).__name__)
         response = RedirectResponse(LOGIN, status_code=303, headers=SECURITY_HEADERS)
         response.delete_cookie(
             COOKIE_NAME, path=COOKIE_PATH, secure=self._https(request), httponly=True, samesite="strict"
@@ -246,11 +254,11 @@ class Inspector:
         server = request.scope.get("server")
         return server is not None and server[1] == self._admin_port
 
-    def _refuse(self, request: Request) -> Response | None:
+    async def _refuse(self, request: Request) -> Response | None:
         """404 off the admin port; 303 to the login form without a valid session cookie."""
         if not self._on_admin_port(request):
             return _not_found()
-        if not self._sessions.valid(request.cookies.get(COOKIE_NAME)):
+        if not await self._sessions.valid(request.cookies.get(COOKIE_NAME)):
             return RedirectResponse(LOGIN, status_code=303, headers=SECURITY_HEADERS)
         return None
 

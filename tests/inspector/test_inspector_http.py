@@ -160,6 +160,22 @@ def test_logout_clears_the_cookie_and_get_changes_nothing(gw: TwoPorts) -> None:
     assert gw.admin.get(INSPECTOR).status_code == 303
 
 
+def test_a_copied_cookie_is_refused_after_logout_by_every_instance(gw: TwoPorts, gateway_factory: Factory) -> None:
+    copied = SimpleCookie(set_cookie(gw.login()))[COOKIE_NAME].value
+    with httpx.Client(base_url=gw.admin_url) as another_browser:
+        kept = SimpleCookie(set_cookie(gw.login(another_browser)))[COOKIE_NAME].value
+    with gateway_factory() as second:  # another instance (or worker): same admin token, same Redis
+        for base in (gw.admin_url, second.admin_url):
+            with httpx.Client(base_url=base, cookies={COOKIE_NAME: copied}) as client:
+                assert client.get(INSPECTOR).status_code == 200
+        assert gw.admin.post(f"{INSPECTOR}/logout").status_code == 303
+        for base in (gw.admin_url, second.admin_url):
+            with httpx.Client(base_url=base, cookies={COOKIE_NAME: copied}) as client:
+                assert client.get(INSPECTOR).status_code == 303  # the copy is logged out too
+            with httpx.Client(base_url=base, cookies={COOKIE_NAME: kept}) as client:
+                assert client.get(INSPECTOR).status_code == 200  # another login is another session
+
+
 # ---- what the pages show --------------------------------------------------------------------------
 
 

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+import secrets
+import time
 from typing import Any
 from urllib.parse import urlencode
 
 import orjson
 import pytest
+import redis
+from redis.asyncio import Redis as AsyncRedis
 
 from gateway.diagnostics.explainer import MismatchExplainer
 from gateway.diagnostics.mismatch import NO_MATCH, NOT_URL_SIGNED, OVER_BUDGET, NotDiagnosed
 from gateway.inbound import InboundRequest
 from gateway.inspector.redaction import Redactor, mask_numbers, show
-from gateway.inspector.session import Sessions
+from gateway.inspector.session import RedisLogouts, Sessions
 from gateway.inspector.store import DIAGNOSIS_KEY, INBOUND_KEY, MAX_BODY_KEPT, InspectorStore
 from gateway.providers import KeyKind, Provider, plivo
 from gateway.providers.plivo import PlivoVerifier
 from gateway.providers.registry import CARRIERS, SECRET_PARAMS
+from gateway.redis_keys import KeyNames
 from gateway.secrets import Secret
 from gateway.settings import SettingsError, from_env
 from tests.helpers.inbound_builders import creds, key
@@ -188,38 +194,117 @@ class FakeClock:
 ADMIN = Secret("inspector-admin-token-0123456789")
 
 
+def valid(sessions: Sessions, cookie: str | None) -> bool:
+    return asyncio.run(sessions.valid(cookie))
+
+
 def test_cookie_is_not_the_token_and_expires() -> None:
     clock = FakeClock()
     sessions = Sessions(ADMIN, ttl_s=600, clock=clock)
     cookie = sessions.issue()
-    assert ADMIN.reveal() not in cookie and sessions.valid(cookie)
+    assert ADMIN.reveal() not in cookie and valid(sessions, cookie)
     clock.now += 599
-    assert sessions.valid(cookie)
+    assert valid(sessions, cookie)
     clock.now += 2
-    assert not sessions.valid(cookie)
+    assert not valid(sessions, cookie)
+
+
+def test_every_login_is_its_own_session() -> None:
+    sessions = Sessions(ADMIN, clock=FakeClock())
+    first, second = sessions.issue(), sessions.issue()
+    assert first != second
+    parsed = [sessions.parse(first), sessions.parse(second)]
+    assert parsed[0] is not None and parsed[1] is not None
+    assert parsed[0].session_id != parsed[1].session_id
 
 
 @pytest.mark.parametrize(
     "tamper",
     [
         lambda c: c[:-1] + ("0" if c[-1] != "0" else "1"),  # another MAC
-        lambda c: "v1." + str(int(c.split(".")[1]) + 3600) + "." + c.split(".")[2],  # a later expiry
-        lambda c: "v2" + c[2:],
+        lambda c: ".".join([c.split(".")[0], str(int(c.split(".")[1]) + 3600), *c.split(".")[2:]]),  # later expiry
+        lambda c: ".".join([*c.split(".")[:2], "0" * 32, c.split(".")[3]]),  # another session id
+        lambda c: "v1" + c[2:],
+        lambda c: "v1." + c.split(".")[1] + "." + c.split(".")[3],  # the old format, without a session id
         lambda c: "",
         lambda c: "garbage",
         lambda c: c + "." * 300,
-        lambda c: "v1.99999999999999." + c.split(".")[2],
+        lambda c: "v2.99999999999999." + ".".join(c.split(".")[2:]),
     ],
 )
 def test_a_tampered_cookie_is_refused(tamper: Any) -> None:
     sessions = Sessions(ADMIN, clock=FakeClock())
-    assert not sessions.valid(tamper(sessions.issue()))
+    assert not valid(sessions, tamper(sessions.issue()))
 
 
 def test_a_cookie_of_another_admin_token_is_refused() -> None:
     clock = FakeClock()
     other = Sessions(Secret("another-admin-token-0123456789"), clock=clock).issue()
-    assert not Sessions(ADMIN, clock=clock).valid(other)
+    assert not valid(Sessions(ADMIN, clock=clock), other)
+
+
+class SharedInRedis:
+    """RedisLogouts on the real server, with a switch that makes Redis unreachable."""
+
+    def __init__(self, redis_url: str, names: KeyNames) -> None:
+        self.url = redis_url
+        self.names = names
+        self.down = False
+
+    def _client(self) -> AsyncRedis:
+        url = "redis://127.0.0.1:1/0" if self.down else self.url  # port 1: connection refused
+        return AsyncRedis.from_url(url, socket_connect_timeout=0.5)
+
+    async def revoke(self, session_id: str, expiry: int) -> None:
+        async with self._client() as client:
+            await RedisLogouts(client, self.names).revoke(session_id, expiry)
+
+    async def revoked(self, session_id: str) -> bool:
+        async with self._client() as client:
+            return await RedisLogouts(client, self.names).revoked(session_id)
+
+
+def test_a_logout_ends_the_session_in_every_worker_until_the_cookie_expires(
+    redis_url: str, redis_sync: redis.Redis
+) -> None:
+    names = KeyNames(prefix=f"test-{secrets.token_hex(4)}")
+    clock = FakeClock()
+    clock.now = time.time()
+    worker_a = Sessions(ADMIN, ttl_s=600, clock=clock, shared=SharedInRedis(redis_url, names))
+    worker_b = Sessions(ADMIN, ttl_s=600, clock=clock, shared=SharedInRedis(redis_url, names))
+    cookie, other = worker_a.issue(), worker_a.issue()
+    assert valid(worker_a, cookie) and valid(worker_b, cookie)
+    assert asyncio.run(worker_a.log_out(cookie))
+    assert not valid(worker_a, cookie) and not valid(worker_b, cookie)
+    assert valid(worker_b, other)  # another login is another session
+    parsed = worker_a.parse(cookie)
+    assert parsed is not None
+    ttl = redis_sync.ttl(names.inspector_logout(parsed.session_id))
+    assert 0 < ttl <= 600  # kept no longer than the cookie could be used
+
+
+def test_an_invalid_cookie_logs_nothing_out_and_stores_nothing(redis_url: str, redis_sync: redis.Redis) -> None:
+    names = KeyNames(prefix=f"test-{secrets.token_hex(4)}")
+    sessions = Sessions(ADMIN, clock=FakeClock(), shared=SharedInRedis(redis_url, names))
+    forged = "v2.99999999999.0123456789abcdef0123456789abcdef." + "0" * 64
+    for cookie in (None, "", "garbage", forged):
+        assert not asyncio.run(sessions.log_out(cookie))
+    assert list(redis_sync.scan_iter(match=f"{names.prefix}:*")) == []
+
+
+def test_with_redis_down_each_worker_keeps_its_own_logouts(redis_url: str) -> None:
+    names = KeyNames(prefix=f"test-{secrets.token_hex(4)}")
+    clock = FakeClock()
+    clock.now = time.time()
+    shared = SharedInRedis(redis_url, names)
+    sessions = Sessions(ADMIN, clock=clock, shared=shared)
+    cookie, other = sessions.issue(), sessions.issue()
+    shared.down = True
+    assert valid(sessions, cookie)  # usable during the outage
+    with pytest.raises(redis.ConnectionError):
+        asyncio.run(sessions.log_out(cookie))  # could not be shared: the caller says so
+    assert not valid(sessions, cookie)  # but this worker refuses it at once
+    assert valid(sessions, other)
 
 
 def test_token_comparison() -> None:
