@@ -7,7 +7,6 @@ import hmac
 import logging
 
 import orjson
-import redis.exceptions as rx
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -15,6 +14,7 @@ from starlette.routing import Route
 from gateway.keystore import Conflict, FingerprintKeyError, KeyStore
 from gateway.log_safety import loggable
 from gateway.phone_records import CorruptRecord, InvalidRecord
+from gateway.redis_errors import REDIS_FAILURES
 from gateway.secrets import Secret
 from gateway.source_log import DISCOVERABLE, SourceLog
 
@@ -68,7 +68,7 @@ class AdminAPI:
         try:
             # Invalid stored records are skipped and named, so one bad record cannot hide the others.
             return _json(await self._keystore.listing())
-        except rx.RedisError:
+        except REDIS_FAILURES:
             return _error(503, "redis unavailable")
 
     async def get_phone(self, request: Request) -> Response:
@@ -80,7 +80,7 @@ class AdminAPI:
             return _json(
                 {"error": "the stored record is invalid: replace it (PUT) or delete it", "invalid": [phone_id]}, 409
             )
-        except rx.RedisError:
+        except REDIS_FAILURES:
             return _error(503, "redis unavailable")
         return _json(view) if view is not None else _error(404, "no such phone")
 
@@ -110,7 +110,7 @@ class AdminAPI:
             return _error(500, "the fingerprint key cannot be opened under the configured KEKs")
         except Conflict as exc:
             return _error(409, str(exc))
-        except rx.RedisError:
+        except REDIS_FAILURES:
             return _error(503, "redis unavailable")
         log.info("phone %s %s (%s)", loggable(phone_id), "replaced" if existed else "created", view["provider"])
         return _json(view, 200 if existed else 201)
@@ -121,7 +121,7 @@ class AdminAPI:
         phone_id = request.path_params["phone_id"]
         try:
             deleted = await self._keystore.delete(phone_id)
-        except rx.RedisError:
+        except REDIS_FAILURES:
             return _error(503, "redis unavailable")
         if not deleted:
             return _error(404, "no such phone")
@@ -138,5 +138,5 @@ class AdminAPI:
             return _error(404, "no source list for this provider")
         try:
             return _json({"sources": await self._sources.sources(provider)})
-        except rx.RedisError:
+        except REDIS_FAILURES:
             return _error(503, "redis unavailable")

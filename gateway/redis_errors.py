@@ -30,3 +30,7 @@ OUTAGES: tuple[type[BaseException], ...] = (
 # (gateway/consumer.py). An OOM reply is not among them and stops `gateway consume`,
 # as it always has.
 OUTAGES_EXCEPT_OOM: tuple[type[BaseException], ...] = tuple(e for e in OUTAGES if e is not rx.OutOfMemoryError)
+
+# Any failure of a Redis call, outage or error reply (WRONGTYPE on a hand-written key...): what
+# the admin API answers 503 "redis unavailable" to, never a 500.
+REDIS_FAILURES: tuple[type[BaseException], ...] = (rx.RedisError, *OUTAGES)
