@@ -217,6 +217,17 @@ def prepare_development(env: dict[str, str], *, kek_needed: bool, admin_token_ne
     return Development(mode, lock, kek, admin_token_generated)
 
 
+def development_unusable(exc: OSError) -> str:
+    """Why development mode cannot keep its state where it is configured to, and what to do."""
+    where = development_mode().directory
+    reason = exc.strerror or type(exc).__name__
+    return (
+        f"GATEWAY_REDIS_URL is not set, and development mode cannot keep its embedded Redis in {where} "
+        f"({reason}): set GATEWAY_REDIS_URL (production), or run from a writable directory, or set "
+        "GATEWAY_EMBEDDED_DIR to one"
+    )
+
+
 def start_development(development: Development, env: dict[str, str]) -> EmbeddedRedis:
     mode = development.mode
     server = EmbeddedRedis(mode.redis_dir, unix_socket=True, lock=development.lock).start()
@@ -276,6 +287,9 @@ def run(args: argparse.Namespace) -> int:
         except EmbeddedRedisError as exc:
             sys.stderr.write(f"gateway: {exc}\n")
             return STARTUP_FAILURE
+        except OSError as exc:  # e.g. a read-only working directory (a container's WORKDIR)
+            sys.stderr.write(f"gateway: {development_unusable(exc)}\n")
+            return STARTUP_FAILURE
     embedded: EmbeddedRedis | None = None
     metrics_dir: str | None = None
     try:
@@ -295,6 +309,10 @@ def run(args: argparse.Namespace) -> int:
                 embedded = start_development(development, env)
             except EmbeddedRedisError as exc:
                 sys.stderr.write(f"gateway: cannot start the embedded Redis: {exc}\n")
+                listeners.close()
+                return STARTUP_FAILURE
+            except OSError as exc:  # its data directory or the KEK file cannot be written
+                sys.stderr.write(f"gateway: {development_unusable(exc)}\n")
                 listeners.close()
                 return STARTUP_FAILURE
         announce(settings, listeners)

@@ -200,6 +200,18 @@ def test_invalid_settings_in_development_mode_start_nothing(tmp_path: Path) -> N
     assert not (tmp_path / ".gateway" / "redis" / "redis.sock").exists()
 
 
+def test_development_mode_in_an_unwritable_place_says_what_to_set(tmp_path: Path) -> None:
+    """A container's read-only WORKDIR, say: no traceback, the settings that fix it (exit 3).
+    The tests run as root, whom permissions do not stop: a path under a regular file cannot be created by anyone."""
+    (tmp_path / "a-file").write_text("not a directory\n")
+    result = serve_once(tmp_path, GATEWAY_PORT="0", GATEWAY_EMBEDDED_DIR=str(tmp_path / "a-file" / "state"))
+    assert result.returncode == STARTUP_FAILURE
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("gateway: GATEWAY_REDIS_URL is not set, and development mode cannot keep")
+    assert "set GATEWAY_REDIS_URL (production)" in result.stderr and "GATEWAY_EMBEDDED_DIR" in result.stderr
+    assert "development mode ***" not in result.stderr  # the banner only once a server runs
+
+
 def embedded_server_pid(directory: Path) -> int:
     client = redis.Redis(unix_socket_path=str(directory / ".gateway" / "redis" / "redis.sock"))
     try:
