@@ -37,6 +37,7 @@ from tests.helpers.builders import (
     twilio_phone,
     twilio_request,
 )
+from tests.helpers.replies import bytes_dict, bytes_list, stream_entries
 from tests.helpers.support import Clock, RunningGateway, make_settings, random_id, run_gateway, send_as_carrier
 
 STREAM = "gateway:events"
@@ -86,7 +87,7 @@ def plivo(gw: RunningGateway, phone: dict[str, Any], call: str, kind: str, statu
 def streamed(redis_sync: redis.Redis) -> list[tuple[str, str]]:
     """(kind, status or event type) of each stream entry, in order."""
     out = []
-    for _, fields in redis_sync.xrange(STREAM):
+    for _, fields in stream_entries(redis_sync.xrange(STREAM)):
         event = orjson.loads(fields[b"event"])
         status = event["params"].get("CallStatus") or event["params"].get("Status")
         if status is None and event["body"]:
@@ -235,9 +236,9 @@ def test_timeline_is_recorded_with_a_ttl(gw: RunningGateway, phone: dict[str, An
     plivo(gw, phone, call, "status", "completed", "Hangup")
     key = CallAware(KeyNames(), enabled=True, window_s=WINDOW, late_s=LATE, ttl_s=86_400).key(phone["id"], call)
     assert key.startswith("{gateway:events}:call:")  # the stream's slot: joins the forwarder's script
-    state = {k.decode(): v.decode() for k, v in redis_sync.hgetall(key).items()}
+    state = {k.decode(): v.decode() for k, v in bytes_dict(redis_sync.hgetall(key)).items()}
     assert state == {"answered": repr(T0), "ended": repr(T0), "end_status": "completed"}
-    timeline = [entry.decode().split(" ") for entry in redis_sync.lrange(key + ":timeline", 0, -1)]
+    timeline = [entry.decode().split(" ") for entry in bytes_list(redis_sync.lrange(key + ":timeline", 0, -1))]
     assert [(phase, status, result) for _, phase, status, result in timeline] == [
         ("s", "ringing", "held"),
         ("a", "ringing", "forwarded+1"),
@@ -260,7 +261,7 @@ def test_telnyx_out_of_order_hangup_before_initiated(gw: RunningGateway, redis_s
         later["data"]["payload"].update({k: leg[k] for k in ("call_leg_id", "call_control_id", "call_session_id")})
 
     def send(document: dict[str, Any]) -> int:
-        return send_as_carrier(gw, telnyx_request(seed, phone["id"], now=clock.now, body=document)).status_code
+        return send_as_carrier(gw, telnyx_request(seed, phone["id"], now=clock(), body=document)).status_code
 
     assert send(hangup) == 200
     assert send(answered) == 200
@@ -326,18 +327,20 @@ def test_classification_without_a_call_id() -> None:
     assert event is not None and (event.call_id, event.phase) == ("v3:x", "e")
 
 
-def test_one_batch_mixes_events_with_and_without_call_checks(redis_url: str, redis_sync: redis.Redis) -> None:
+def test_one_batch_mixes_events_with_and_without_call_checks(
+    redis_url: str, redis_sync: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Group commit puts events of call-aware and other phones into one script call."""
     import asyncio
 
     from redis.asyncio import Redis
 
-    from gateway.forwarder import Forwarder, Outcome
+    from gateway.forwarder import CallCheck, Forwarder, Outcome, _Pending
 
     names = KeyNames()
     calls = CallAware(names, enabled=True, window_s=WINDOW, late_s=LATE, ttl_s=86_400)
 
-    def check(call: str, kind: str, status: str):  # type: ignore[no-untyped-def]
+    def check(call: str, kind: str, status: str) -> CallCheck | None:
         from gateway.providers import PhoneCredentials
 
         creds = PhoneCredentials("ph_mix", Provider.TWILIO, {})
@@ -349,7 +352,12 @@ def test_one_batch_mixes_events_with_and_without_call_checks(redis_url: str, red
         client = Redis.from_url(redis_url)
         forwarder = Forwarder(client, names, nonce_ttl_s=60, idempotency_ttl_s=60)
         command = forwarder._command
-        forwarder._command = lambda batch: (sizes.append(len(batch)), command(batch))[1]  # type: ignore[method-assign]
+
+        def counting(batch: list[_Pending]) -> list[Any]:
+            sizes.append(len(batch))
+            return command(batch)
+
+        monkeypatch.setattr(forwarder, "_command", counting)
         forwarder.start()
         try:
             pending = [
@@ -379,5 +387,5 @@ def test_one_batch_mixes_events_with_and_without_call_checks(redis_url: str, red
         Outcome.FORWARDED,
         Outcome.HELD,
     ]
-    bodies = [fields[b"event"] for _, fields in redis_sync.xrange(STREAM)]
+    bodies = [fields[b"event"] for _, fields in stream_entries(redis_sync.xrange(STREAM))]
     assert bodies == [b'{"n":1}', b'{"n":3}', b'{"n":4}', b'{"n":2}']  # the held one right after its answer

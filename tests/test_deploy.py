@@ -33,7 +33,7 @@ import sys
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -58,7 +58,7 @@ TARGET_LABELS = frozenset({"job", "instance", "namespace", "pod", "service", "en
 # Series used in PromQL that do not come from the gateway: Prometheus' per-target `up`.
 FOREIGN_SERIES = frozenset({"up"})
 
-DOC_NETWORKS = tuple(ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"))
+DOC_NETWORKS = tuple(ipaddress.IPv4Network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"))
 ALLOWED_LITERAL_IPS = frozenset({"0.0.0.0", "127.0.0.1"})  # listen-all and loopback, not placeholders
 
 CLUSTER_SCOPED_KINDS = frozenset({"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"})
@@ -79,6 +79,11 @@ def _load(path: Path) -> Any:
     docs = _load_all(path)
     assert len(docs) == 1, f"{path} should hold exactly one YAML document"
     return docs[0]
+
+
+def _in_doc_networks(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    """Inside one of DOC_NETWORKS. They are IPv4: an IPv6 network raises TypeError, as subnet_of does."""
+    return any(cast(ipaddress.IPv4Network, network).subnet_of(doc) for doc in DOC_NETWORKS)
 
 
 def _rel(path: Path) -> str:
@@ -533,11 +538,12 @@ def test_kubernetes_validator_is_strict() -> None:
 
 
 def _pod_spec(resources: list[dict[str, Any]]) -> dict[str, Any]:
-    return _by_kind(resources, "Deployment")["spec"]["template"]["spec"]
+    spec: dict[str, Any] = _by_kind(resources, "Deployment")["spec"]["template"]["spec"]
+    return spec
 
 
 def _container(resources: list[dict[str, Any]]) -> dict[str, Any]:
-    containers = _pod_spec(resources)["containers"]
+    containers: list[dict[str, Any]] = _pod_spec(resources)["containers"]
     assert len(containers) == 1
     return containers[0]
 
@@ -701,7 +707,7 @@ def test_networkpolicy_is_least_privilege(k8s: list[dict[str, Any]]) -> None:
         for peer in rule["to"]:
             if "ipBlock" in peer:
                 network = ipaddress.ip_network(peer["ipBlock"]["cidr"])
-                assert any(network.subnet_of(doc) for doc in DOC_NETWORKS), f"{network}: use a documentation range"
+                assert _in_doc_networks(network), f"{network}: use a documentation range"
         egress_ports |= {(p["protocol"], p["port"]) for p in rule["ports"]}
     assert egress_ports == {("TCP", 6379), ("TCP", 26379), ("UDP", 53), ("TCP", 53)}
 
@@ -715,7 +721,7 @@ def test_production_overlay() -> None:
     from gateway.settings import parse_networks
 
     proxies = parse_networks("GATEWAY_TRUSTED_PROXIES", data["GATEWAY_TRUSTED_PROXIES"])
-    assert proxies and all(any(p.subnet_of(doc) for doc in DOC_NETWORKS) for p in proxies)
+    assert proxies and all(_in_doc_networks(p) for p in proxies)
     keys = {c["topologyKey"] for c in _pod_spec(prod)["topologySpreadConstraints"]}
     assert {"topology.kubernetes.io/zone", "kubernetes.io/hostname"} <= keys
     assert _container(prod)["resources"] != _container(base)["resources"]
@@ -892,6 +898,13 @@ def _stage_env(instructions: list[tuple[str, str]]) -> tuple[dict[str, str], dic
     return args, env
 
 
+def _copied_from(rest: str) -> str:
+    """The stage a `COPY --from=<stage> ...` copies from."""
+    match = re.search(r"--from=(\S+)", rest)
+    assert match is not None, f"COPY {rest}: no stage after --from="
+    return match.group(1)
+
+
 def test_dockerfile_multi_stage_and_base_image() -> None:
     _, stages = _dockerfile()
     assert len(stages) >= 2, "the Dockerfile must be multi-stage"
@@ -900,7 +913,7 @@ def test_dockerfile_multi_stage_and_base_image() -> None:
     _, runtime_image, runtime = stages[-1]
     assert runtime_image.startswith("python:3.11-slim"), runtime_image
     copies_from = [rest for word, rest in runtime if word == "COPY" and "--from=" in rest]
-    assert copies_from and all(re.search(r"--from=(\S+)", c).group(1) in builder_names for c in copies_from)
+    assert copies_from and all(_copied_from(c) in builder_names for c in copies_from)
     assert not any(word == "RUN" and re.search(r"\b(pip|apt-get)\b.*\binstall\b", rest) for word, rest in runtime), (
         "install in the builder; the runtime stage only copies"
     )
@@ -1013,7 +1026,8 @@ def test_hadolint() -> None:
 
 @cache
 def _compose() -> dict[str, Any]:
-    return _load(DEPLOY / "compose.yaml")
+    compose: dict[str, Any] = _load(DEPLOY / "compose.yaml")
+    return compose
 
 
 def _env_map(environment: Any) -> dict[str, str]:
@@ -1124,7 +1138,7 @@ def test_env_example(tmp_path: Path) -> None:
         _from_env({**env, "GATEWAY_KEK": "00" * 32}, tmp_path)
     _from_env({**env, "GATEWAY_KEK": "00" * 32, "GATEWAY_ADMIN_TOKEN": "x" * 32}, tmp_path)
     networks = parse_networks("GATEWAY_TRUSTED_PROXIES", env.get("GATEWAY_TRUSTED_PROXIES", ""))
-    assert all(any(n.subnet_of(doc) for doc in DOC_NETWORKS) for n in networks)
+    assert all(_in_doc_networks(n) for n in networks)
 
 
 def _text_files() -> list[Path]:
@@ -1142,7 +1156,7 @@ def test_placeholders_use_documentation_ranges_and_names() -> None:
             if address in ALLOWED_LITERAL_IPS:
                 continue
             network = ipaddress.ip_network(f"{address}/{match.group(2) or 32}", strict=False)
-            if not any(network.subnet_of(doc) for doc in DOC_NETWORKS):
+            if not _in_doc_networks(network):
                 problems.append(f"{_rel(path)}: {match.group(0)}")
         for host in re.findall(r"https?://([a-zA-Z0-9.-]+)", text):
             if "." in host and not (host == "example.com" or host.endswith(".example.com") or host == "github.com"):

@@ -35,6 +35,7 @@ from tests.helpers.builders import (
     twilio_phone,
     twilio_request,
 )
+from tests.helpers.replies import stream_entries
 from tests.helpers.support import REPO, RunningGateway, make_settings, random_id, run_gateway, send_as_carrier
 
 SCHEMA_PATH = REPO / "docs" / "event.schema.json"
@@ -59,7 +60,7 @@ def gw(redis_url: str) -> Iterator[RunningGateway]:
 
 
 def stream_events(redis_sync: redis.Redis) -> list[dict[str, Any]]:
-    return [orjson.loads(fields[b"event"]) for _, fields in redis_sync.xrange("gateway:events")]
+    return [orjson.loads(fields[b"event"]) for _, fields in stream_entries(redis_sync.xrange("gateway:events"))]
 
 
 def test_real_forwarded_events_validate(

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import quote, urlencode
 
 import pytest
@@ -54,7 +54,8 @@ from gateway.providers import (
     twilio,
     vobiz,
 )
-from gateway.providers.exotel import Allowlist, ExotelVerifier
+from gateway.providers.allowlist import Allowlist
+from gateway.providers.exotel import ExotelVerifier
 from gateway.providers.plivo import PlivoVerifier
 from gateway.providers.registry import CARRIERS as SPECS
 from gateway.providers.telnyx import TelnyxVerifier
@@ -69,7 +70,17 @@ HOST = "hooks.example.com"
 QUICK, LONG = 60, 4000
 PROFILES = [pytest.param(QUICK, id="quick"), pytest.param(LONG, id="long", marks=pytest.mark.fuzz)]
 HTTP_PROFILES = [pytest.param(40, id="quick"), pytest.param(2000, id="long", marks=pytest.mark.fuzz)]
-SETTINGS = {"deadline": None, "suppress_health_check": list(HealthCheck), "derandomize": False}
+
+
+class _Settings(TypedDict):
+    """The hypothesis settings every property here shares (with its own max_examples)."""
+
+    deadline: None
+    suppress_health_check: list[HealthCheck]
+    derandomize: bool
+
+
+SETTINGS: _Settings = {"deadline": None, "suppress_health_check": list(HealthCheck), "derandomize": False}
 
 
 def run(examples: int, test: Callable[..., None], **strategies: st.SearchStrategy[Any]) -> None:
@@ -816,7 +827,16 @@ class QuickEdgeProtocol(EdgeHttpToolsProtocol):
 
 
 HEAD_LIMIT = 16 * 1024
-LIMITS = {"h11_max_incomplete_event_size": HEAD_LIMIT, "timeout_keep_alive": 1}
+
+
+class _Limits(TypedDict):
+    """The uvicorn options (run_gateway's **uvicorn_options) of the size and time limit tests."""
+
+    h11_max_incomplete_event_size: int
+    timeout_keep_alive: int
+
+
+LIMITS: _Limits = {"h11_max_incomplete_event_size": HEAD_LIMIT, "timeout_keep_alive": 1}
 
 
 @pytest.fixture(scope="module", params=["edge", "h11"])

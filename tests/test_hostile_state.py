@@ -21,6 +21,7 @@ import redis
 from gateway.cli import main as cli_main
 from gateway.redis_keys import KeyNames
 from tests.helpers.builders import new_token, plivo_phone, plivo_request
+from tests.helpers.replies import stream_entries
 from tests.helpers.support import KEK, RunningGateway, make_settings, run_gateway, send_as_carrier
 
 NAMES = KeyNames()
@@ -113,7 +114,7 @@ def test_fingerprints_in_answers_and_events_are_keyed(gw: RunningGateway, redis_
     view = gw.put_phone(plivo_phone("ph_fp", token))
     assert send_as_carrier(gw, plivo_request(token, "ph_fp")).status_code == 200
     unkeyed = "fp_" + hashlib.blake2b(token.encode(), digest_size=8, person=b"gw-key-fp").hexdigest()
-    (_, fields), *_ = redis_sync.xrange(STREAM)
+    (_, fields), *_ = stream_entries(redis_sync.xrange(STREAM))
     event = orjson.loads(fields[b"event"])
     assert event["key_fingerprint"] == view["credentials"]["auth_token"]["fingerprint"]
     assert unkeyed not in str(view) and event["key_fingerprint"] != unkeyed

@@ -16,6 +16,7 @@ import redis
 
 from gateway.embedded_redis import EmbeddedRedis, free_port
 from tests.helpers.builders import new_token, plivo_phone, plivo_request
+from tests.helpers.replies import stream_entries
 from tests.helpers.support import (
     ADMIN_TOKEN,
     KEK,
@@ -104,7 +105,7 @@ def test_forwarded_headers_ignored_from_untrusted_peer(redis_url: str) -> None:
         client = redis.Redis.from_url(redis_url)
         import orjson
 
-        event = orjson.loads(client.xrange(STREAM)[-1][1][b"event"])
+        event = orjson.loads(stream_entries(client.xrange(STREAM))[-1][1][b"event"])
         client.close()
         assert event["source_ip"] == "127.0.0.1"
 

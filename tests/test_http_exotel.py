@@ -42,6 +42,7 @@ from tests.helpers.contract import (
     start_gateway,
     stream_events,
 )
+from tests.helpers.replies import stream_entries
 from tests.helpers.support import Clock, make_settings, random_id, run_gateway, send_as_carrier
 
 # 127.0.0.1 (the test client) and 192.0.2.0/24 (a chain of load balancers) are trusted proxies.
@@ -372,7 +373,7 @@ def test_non_utf8_form_is_a_bad_request(gateway: Gateway, phone: tuple[str, str]
 
 
 def _event_text(client: redis.Redis) -> str:
-    return "".join(fields[b"event"].decode() for _id, fields in client.xrange(STREAM))
+    return "".join(fields[b"event"].decode() for _id, fields in stream_entries(client.xrange(STREAM)))
 
 
 @pytest.mark.parametrize(
@@ -451,7 +452,7 @@ def test_empty_allowlist_rejects_everything_and_stays_ready(
 def test_without_setting_the_data_file_decides(redis_url: str, redis_sync: redis.Redis) -> None:
     """Without EXOTEL_ALLOWED_IPS the built-in data file decides (it ships empty: Exotel publishes no
     IPs); a documentation address is never in it."""
-    from gateway.providers.exotel import Allowlist
+    from gateway.providers.allowlist import Allowlist
     from gateway.settings import DEFAULT_EXOTEL_IPS_FILE, from_env
     from tests.helpers.support import ADMIN_TOKEN, KEK
 

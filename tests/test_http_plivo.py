@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from tests.helpers.builders import new_token, plivo_params, plivo_phone, plivo_request
+from tests.helpers.replies import stream_entries
 from tests.helpers.support import RunningGateway, make_settings, random_id, run_gateway, send_as_carrier
 
 STREAM = "gateway:events"
@@ -43,7 +44,7 @@ def test_valid_status_callback_is_forwarded(gw: RunningGateway, phone: dict[str,
     response = send_as_carrier(gw, request)
     assert response.status_code == 200
     assert response.content == b""
-    entries = redis_sync.xrange(STREAM)
+    entries = stream_entries(redis_sync.xrange(STREAM))
     assert len(entries) == 1
     event = orjson.loads(entries[0][1][b"event"])
     assert event["phone_id"] == phone["id"]

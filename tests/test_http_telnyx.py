@@ -34,6 +34,7 @@ from tests.helpers.contract import (
     assert_stream_holds,
     start_gateway,
 )
+from tests.helpers.replies import stream_entries
 from tests.helpers.support import Clock, make_settings, random_id, run_gateway
 
 SIGNATURE = "telnyx-signature-ed25519"
@@ -263,7 +264,8 @@ def test_phone_found_by_number(gateway: Gateway, phone: Phone, redis_sync: redis
 def test_number_route_verifies_with_that_phones_key_only(
     gateway: Gateway, phone: Phone, redis_sync: redis.Redis
 ) -> None:
-    other = Phone(random_id("ph_telnyx"), telnyx_seed(), telnyx_number())
+    other_number = telnyx_number()
+    other = Phone(random_id("ph_telnyx"), telnyx_seed(), other_number)
     gateway.gw.put_phone(telnyx_phone(other.id, other.seed, number=other.number))
     assert phone.number is not None
     # Signed by the other phone's account, about this phone's number: refused.
@@ -271,9 +273,9 @@ def test_number_route_verifies_with_that_phones_key_only(
     assert gateway.send(request).status_code == 403
     # The other party's number is never a candidate: an inbound call FROM the other phone's number
     # to this phone is this phone's event, verified with this phone's key.
-    inbound = telnyx_request(phone.seed, None, now=NOW, body=telnyx_event(to=phone.number, from_=other.number))
+    inbound = telnyx_request(phone.seed, None, now=NOW, body=telnyx_event(to=phone.number, from_=other_number))
     assert gateway.send(inbound).status_code == 200
-    spoof = telnyx_request(other.seed, None, now=NOW, body=telnyx_event(to=phone.number, from_=other.number))
+    spoof = telnyx_request(other.seed, None, now=NOW, body=telnyx_event(to=phone.number, from_=other_number))
     assert gateway.send(spoof).status_code == 403
     (event,) = assert_stream_holds(redis_sync, [inbound])
     assert event["phone_id"] == phone.id
@@ -347,7 +349,7 @@ def test_number_index_follows_number_changes_and_deletes(
     assert gateway.send(gone).status_code == 403
     assert redis_sync.get(f"gateway:number:{old_number}") is None
     assert redis_sync.get(f"gateway:number:{new_number}") is None
-    events = redis_sync.xrange("gateway:events")
+    events = stream_entries(redis_sync.xrange("gateway:events"))
     assert [orjson.loads(fields[b"event"])["phone_id"] for _id, fields in events] == [phone.id, phone.id, other.id]
 
 

@@ -43,6 +43,7 @@ from nacl.signing import SigningKey
 from gateway.embedded_redis import EmbeddedRedis
 from gateway.providers import telnyx, twilio
 from tests.helpers.builders import new_token, plivo_phone, plivo_request
+from tests.helpers.replies import stream_entries
 from tests.helpers.support import ADMIN_TOKEN, as_carrier, make_settings, run_gateway, spawn_gateway
 
 STREAM = "gateway:events"
@@ -113,7 +114,7 @@ def stream_identities(url: str) -> collections.Counter[str]:
         counts: collections.Counter[str] = collections.Counter()
         last = "-"
         while True:
-            batch = client.xrange(STREAM, min=last, count=5000)
+            batch = stream_entries(client.xrange(STREAM, min=last, count=5000))
             if last != "-":
                 batch = batch[1:]
             if not batch:

@@ -27,7 +27,7 @@ def set_calls(client: redis.Redis) -> int:
 
 
 def monitor_of(gw: RunningGateway) -> StreamMonitor:
-    monitor = gw.app.monitor
+    monitor: StreamMonitor | None = gw.app.monitor
     assert monitor is not None
     return monitor
 

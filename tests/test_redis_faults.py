@@ -28,6 +28,7 @@ import redis
 from gateway.embedded_redis import EmbeddedRedis
 from gateway.redis_keys import KeyNames
 from tests.helpers.builders import new_token, plivo_phone, plivo_request
+from tests.helpers.replies import execute_command, stream_entries
 from tests.helpers.support import RunningGateway, make_settings, random_id, run_gateway, send_as_carrier
 
 STREAM = "gateway:events"
@@ -69,11 +70,12 @@ def client_for(server: EmbeddedRedis) -> redis.Redis:
 
 def stream_calls(client: redis.Redis) -> list[str]:
     """The CallUUID of every event in the stream (each built request has a fresh one)."""
-    return [orjson.loads(fields[b"event"])["params"]["CallUUID"] for _, fields in client.xrange(STREAM)]
+    return [orjson.loads(fields[b"event"])["params"]["CallUUID"] for _, fields in stream_entries(client.xrange(STREAM))]
 
 
 def call_of(request: dict[str, Any]) -> str:
-    return dict(parse_qsl(request["body"]))["CallUUID"]
+    body: str = request["body"]
+    return dict(parse_qsl(body))["CallUUID"]
 
 
 def assert_unavailable(response: httpx.Response) -> None:
@@ -221,7 +223,7 @@ def test_blocked_redis_is_the_ambiguous_case_and_still_no_duplicate(
     duplicate (200, not forwarded).
     """
     request = signed(phone)
-    sleeper = threading.Thread(target=lambda: client_for(server).execute_command("DEBUG", "SLEEP", "1.5"), daemon=True)
+    sleeper = threading.Thread(target=lambda: execute_command(client_for(server), "DEBUG", "SLEEP", "1.5"), daemon=True)
     sleeper.start()
     time.sleep(0.1)
     assert_unavailable(send_as_carrier(gw, request))

@@ -29,6 +29,7 @@ from gateway.redis_url import cluster_seeds, parse_sentinel_url, split_hosts, va
 from gateway.settings import SettingsError
 from tests.helpers.builders import new_token, plivo_phone, plivo_request
 from tests.helpers.redis_topology import LocalCluster, LocalSentinel
+from tests.helpers.replies import as_bytes, stream_entries
 from tests.helpers.support import RunningGateway, make_settings, random_id, run_gateway, send_as_carrier
 
 STREAM = "gateway:events"
@@ -48,7 +49,8 @@ needs_server = pytest.mark.skipif(
 
 
 def call_of(request: dict[str, Any]) -> str:
-    return dict(parse_qsl(request["body"]))["CallUUID"]
+    body: str = request["body"]
+    return dict(parse_qsl(body))["CallUUID"]
 
 
 def calls_in(client: Any) -> list[str]:
@@ -305,8 +307,8 @@ def test_cluster_consumer_acks_claims_and_dead_letters_across_slots(
     from gateway.redis_client import connect
 
     assert slot(STREAM) != slot(NAMES.dead_letter)
-    good = cluster_client.xadd(STREAM, {"event": orjson.dumps({"id": "1", "idempotency_key": None})})
-    bad = cluster_client.xadd(STREAM, {"event": orjson.dumps({"id": "2", "idempotency_key": None})})
+    good = as_bytes(cluster_client.xadd(STREAM, {"event": orjson.dumps({"id": "1", "idempotency_key": None})}))
+    bad = as_bytes(cluster_client.xadd(STREAM, {"event": orjson.dumps({"id": "2", "idempotency_key": None})}))
     seen: list[str] = []
 
     async def handler(delivery: Delivery) -> None:
@@ -326,7 +328,7 @@ def test_cluster_consumer_acks_claims_and_dead_letters_across_slots(
     asyncio.run(rounds())
     assert seen == [good.decode(), bad.decode(), bad.decode()]
     assert cluster_client.xpending(STREAM, "g")["pending"] == 0
-    ((_, fields),) = cluster_client.xrange(NAMES.dead_letter)
+    ((_, fields),) = stream_entries(cluster_client.xrange(NAMES.dead_letter))
     assert fields[b"entry_id"] == bad and fields[b"reason"] == b"handler_failed"
 
 

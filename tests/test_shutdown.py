@@ -27,6 +27,7 @@ import redis
 
 from gateway.embedded_redis import EmbeddedRedis
 from tests.helpers.builders import new_token, plivo_phone, plivo_request
+from tests.helpers.replies import stream_entries
 from tests.helpers.support import ADMIN_TOKEN, GatewayProcess, as_carrier, random_id, spawn_gateway
 
 STREAM = "gateway:events"
@@ -61,13 +62,14 @@ def register(gateway: GatewayProcess) -> dict[str, Any]:
 def calls_in_stream(server: EmbeddedRedis) -> list[str]:
     client = redis.Redis.from_url(server.url)
     try:
-        return [orjson.loads(f[b"event"])["params"]["CallUUID"] for _, f in client.xrange(STREAM)]
+        return [orjson.loads(f[b"event"])["params"]["CallUUID"] for _, f in stream_entries(client.xrange(STREAM))]
     finally:
         client.close()
 
 
 def call_of(request: dict[str, Any]) -> str:
-    return dict(parse_qsl(request["body"]))["CallUUID"]
+    body: str = request["body"]
+    return dict(parse_qsl(body))["CallUUID"]
 
 
 def test_sigterm_drains_requests_in_flight(server: EmbeddedRedis, gateway: GatewayProcess) -> None:

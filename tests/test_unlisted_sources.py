@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 import orjson
 import pytest
@@ -58,6 +58,13 @@ def _phone(gw: Gateway, token: str | None) -> str:
     phone_id = random_id("ph_exo")
     gw.gw.put_phone(exotel_phone(phone_id, token))
     return phone_id
+
+
+class _Sent(TypedDict):
+    """What a test passes on to `_send` besides the phone and the client address."""
+
+    token: str | None
+    query: NotRequired[str]
 
 
 def _send(gw: Gateway, phone_id: str, *, token: str | None, client_ip: str, query: str = "") -> int:
@@ -156,13 +163,14 @@ def test_without_the_phones_valid_token_nothing_is_recorded(fresh: Gateway, redi
     phone_id = _phone(fresh, None if how == "phone_without_token" else token)
     other_token = exotel_token()
     _phone(fresh, other_token)
-    sent = {
+    cases: dict[str, _Sent] = {
         "wrong": {"token": token[:-1] + ("A" if token[-1] != "A" else "B")},
         "missing": {"token": None},
         "twice": {"token": token, "query": f"token={token}"},
         "another_phones": {"token": other_token},
         "phone_without_token": {"token": token},
-    }[how]
+    }
+    sent = cases[how]
     before = _counter(fresh)
     assert _send(fresh, phone_id, client_ip=UNLISTED_V4, **sent) == 403
     _settle(fresh)

@@ -13,6 +13,7 @@ import orjson
 import pytest
 import redis
 
+from tests.helpers.replies import stream_entries
 from tests.helpers.support import Clock, RunningGateway, load_vectors, make_settings, run_gateway, send_as_carrier
 
 VECTORS = load_vectors()
@@ -47,7 +48,7 @@ def test_vector(case: dict[str, Any], gateway: tuple[RunningGateway, Clock], red
             added = client.xlen(STREAM) - before
             assert added == (1 if step["forwarded"] else 0), (number, added)
             if step["forwarded"]:
-                _, fields = client.xrevrange(STREAM, count=1)[0]
+                _, fields = stream_entries(client.xrevrange(STREAM, count=1))[0]
                 event = orjson.loads(fields[b"event"])
                 assert event["phone_id"] == phone["id"]
                 assert event["provider"] == phone["provider"]

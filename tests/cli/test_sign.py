@@ -26,6 +26,7 @@ from prometheus_client import REGISTRY
 
 from gateway.cli import main
 from gateway.diagnostics.explainer import MismatchExplainer
+from tests.helpers.replies import stream_entries
 from tests.helpers.support import KEK, REPO, RunningGateway, make_settings, random_id, run_gateway
 
 PUBLIC = "https://hooks.example.com"
@@ -122,7 +123,7 @@ def send(gw: RunningGateway, fmt: str, output: bytes) -> int:
 
 
 def events(redis_sync: redis.Redis) -> list[dict[str, Any]]:
-    return [orjson.loads(fields[b"event"]) for _id, fields in redis_sync.xrange(STREAM)]
+    return [orjson.loads(fields[b"event"]) for _id, fields in stream_entries(redis_sync.xrange(STREAM))]
 
 
 # ---- every carrier, both formats ---------------------------------------------------------

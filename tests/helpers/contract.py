@@ -25,6 +25,7 @@ import orjson
 import pytest
 import redis
 
+from tests.helpers.replies import stream_entries
 from tests.helpers.support import Clock, RunningGateway, make_settings, random_id, run_gateway, send_as_carrier
 
 STREAM = "gateway:events"
@@ -58,7 +59,7 @@ def start_gateway(redis_url: str, **env: str) -> Iterator[Gateway]:
 
 
 def stream_events(client: redis.Redis) -> list[dict[str, Any]]:
-    return [orjson.loads(fields[b"event"]) for _id, fields in client.xrange(STREAM)]
+    return [orjson.loads(fields[b"event"]) for _id, fields in stream_entries(client.xrange(STREAM))]
 
 
 def _raw_body(request: Request) -> bytes:

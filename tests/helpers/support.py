@@ -37,7 +37,8 @@ def vectors_path() -> Path:
 
 
 def load_vectors() -> dict[str, Any]:
-    return json.loads(vectors_path().read_text(encoding="utf-8"))
+    vectors: dict[str, Any] = json.loads(vectors_path().read_text(encoding="utf-8"))
+    return vectors
 
 
 class Clock:

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from gateway.errors import Reason, Rejected
 from gateway.inbound import InboundRequest
 from gateway.providers import Key, KeyKind, PhoneCredentials, Provider
-from gateway.providers.exotel import Allowlist, ExotelVerifier, idempotency_key
+from gateway.providers.allowlist import Allowlist
+from gateway.providers.exotel import ExotelVerifier, idempotency_key
 from tests.helpers.inbound_builders import (
     NOW,
     Req,

@@ -16,7 +16,8 @@ from gateway.errors import Rejected
 from gateway.events import build_event
 from gateway.inbound import InboundRequest
 from gateway.providers import Provider, Verifier, vobiz
-from gateway.providers.exotel import Allowlist, ExotelVerifier
+from gateway.providers.allowlist import Allowlist
+from gateway.providers.exotel import ExotelVerifier
 from gateway.providers.plivo import PlivoVerifier
 from gateway.providers.registry import CARRIERS
 from gateway.providers.telnyx import TelnyxVerifier

@@ -30,6 +30,7 @@ from gateway import standard_webhooks
 from gateway.consumer import Consumer, Delivery, HandlerError, PostHandler, PrintHandler
 from gateway.dispatch import DispatchClient
 from gateway.embedded_redis import free_port
+from tests.helpers.replies import as_bytes, stream_entries
 
 pytestmark = pytest.mark.anyio
 
@@ -71,7 +72,7 @@ def envelope(n: int, idempotency_key: str | None = "status:call-{n}:ringing") ->
 
 
 async def add(client: Redis, count: int) -> list[str]:
-    return [(await client.xadd(STREAM, {"event": envelope(n)})).decode() for n in range(count)]
+    return [as_bytes(await client.xadd(STREAM, {"event": envelope(n)})).decode() for n in range(count)]
 
 
 class Recorder:
@@ -160,7 +161,7 @@ async def test_after_n_deliveries_the_entry_is_dead_lettered_and_acknowledged(cl
         await worker.run_once()
     assert [d.deliveries for d in handler.seen] == [1, 2, 3]  # never a 4th time
     assert await pending(client) == 0
-    ((dead_id, fields),) = await client.xrange(DEAD)
+    ((dead_id, fields),) = stream_entries(await client.xrange(DEAD))
     assert fields[b"event"] == envelope(0)
     assert fields[b"entry_id"].decode() == entry
     assert fields[b"stream"] == STREAM.encode() and fields[b"group"] == GROUP.encode()
@@ -175,7 +176,7 @@ async def test_an_entry_that_cannot_be_decoded_is_dead_lettered_at_once(client: 
     handler = Recorder()
     await consumer(client, handler).run_once()
     assert handler.seen == []
-    assert [f[b"reason"] for _, f in await client.xrange(DEAD)] == [b"malformed", b"malformed"]
+    assert [f[b"reason"] for _, f in stream_entries(await client.xrange(DEAD))] == [b"malformed", b"malformed"]
     assert await pending(client) == 0
 
 
@@ -189,7 +190,7 @@ async def test_a_poison_entry_that_kept_killing_consumers_is_not_handled_again(c
     worker = consumer(client, handler, max_deliveries=3, claim_idle_ms=0)
     await worker.run_once()
     assert handler.seen == []
-    ((_, fields),) = await client.xrange(DEAD)
+    ((_, fields),) = stream_entries(await client.xrange(DEAD))
     assert fields[b"reason"] == b"too_many_deliveries" and fields[b"deliveries"] == b"5"
     assert await pending(client) == 0
 
@@ -345,7 +346,7 @@ async def test_post_handler_timeout_is_a_failure(client: Redis, receiver: Receiv
     finally:
         await handler.aclose()
     assert worker.stats.failed == 1
-    ((_, fields),) = await client.xrange(DEAD)  # max_deliveries=1: dead at once
+    ((_, fields),) = stream_entries(await client.xrange(DEAD))  # max_deliveries=1: dead at once
     assert fields[b"error"] == b"timeout"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 import redis
 from redis.asyncio import Redis
@@ -11,18 +12,22 @@ from gateway.embedded_redis import EmbeddedRedis
 from gateway.errors import Unavailable
 from gateway.forwarder import Forwarder, Outcome, _Pending
 from gateway.redis_keys import KeyNames
+from tests.helpers.replies import stream_entries
 
 NAMES = KeyNames(prefix="gwtest", stream="gwtest:events")
 
+Items = list[tuple[str, bytes, str | None, str | None]]  # (phone id, event, nonce, idempotency key) each
+Reply = tuple[Outcome, str]  # (outcome, entry id): what a forwarded event's future holds
 
-async def _flush_one_batch(url: str, items: list[tuple[str, bytes, str | None, str | None]]) -> list[object]:
+
+async def _flush_one_batch(url: str, items: Items) -> list[Reply | Unavailable]:
     client = Redis.from_url(url)
     try:
         forwarder = Forwarder(client, NAMES, nonce_ttl_s=60, idempotency_ttl_s=60)
         loop = asyncio.get_running_loop()
         batch = [_Pending(phone, event, nonce, key, loop.create_future()) for phone, event, nonce, key in items]
         await forwarder._flush(batch)  # exactly one batch, in this order
-        results: list[object] = []
+        results: list[Reply | Unavailable] = []
         for item in batch:
             try:
                 results.append(item.future.result())
@@ -33,9 +38,14 @@ async def _flush_one_batch(url: str, items: list[tuple[str, bytes, str | None, s
         await client.aclose()
 
 
+async def _flush_one_batch_replies(url: str, items: Items) -> list[Reply]:
+    """`_flush_one_batch` of a batch Redis takes: every item has its reply, none is Unavailable."""
+    return cast("list[Reply]", await _flush_one_batch(url, items))
+
+
 def test_each_event_of_a_batch_gets_its_own_outcome(redis_url: str, redis_sync: redis.Redis) -> None:
     results = asyncio.run(
-        _flush_one_batch(
+        _flush_one_batch_replies(
             redis_url,
             [
                 ("ph_a", b"first", "n1", "k1"),
@@ -47,7 +57,7 @@ def test_each_event_of_a_batch_gets_its_own_outcome(redis_url: str, redis_sync: 
             ],
         )
     )
-    outcomes = [r[0] for r in results]  # type: ignore[index]
+    outcomes = [r[0] for r in results]
     assert outcomes == [
         Outcome.FORWARDED,
         Outcome.REPLAY,
@@ -56,9 +66,9 @@ def test_each_event_of_a_batch_gets_its_own_outcome(redis_url: str, redis_sync: 
         Outcome.FORWARDED,
         Outcome.FORWARDED,
     ]
-    first_id = results[0][1]  # type: ignore[index]
+    first_id = results[0][1]
     assert results[2][1] == first_id  # a duplicate names the entry already forwarded
-    entries = redis_sync.xrange(NAMES.stream)
+    entries = stream_entries(redis_sync.xrange(NAMES.stream))
     assert [fields[b"event"] for _id, fields in entries] == [
         b"first",
         b"other phone, same nonce",
@@ -83,7 +93,7 @@ def test_an_event_that_cannot_be_written_is_unavailable_and_leaves_nothing(priva
         assert control.xlen(NAMES.stream) == 0
         assert control.exists(NAMES.nonce("ph_a", "n1"), NAMES.idempotency("ph_a", "k1")) == 0
         # Nothing was recorded, so the carrier's retry goes through.
-        again = asyncio.run(_flush_one_batch(private_redis.url, [("ph_a", b"e1", "n1", "k1")]))
-        assert again[0][0] is Outcome.FORWARDED  # type: ignore[index]
+        again = asyncio.run(_flush_one_batch_replies(private_redis.url, [("ph_a", b"e1", "n1", "k1")]))
+        assert again[0][0] is Outcome.FORWARDED
     finally:
         control.close()

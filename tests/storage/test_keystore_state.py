@@ -14,6 +14,7 @@ from gateway.phone_records import InvalidRecord
 from gateway.providers import KeyKind
 from gateway.redis_keys import KeyNames
 from gateway.sealing import Sealer
+from tests.helpers.replies import maybe_bytes
 from tests.helpers.support import Clock
 
 pytestmark = pytest.mark.anyio
@@ -192,7 +193,7 @@ async def test_fingerprints_cannot_be_computed_from_a_guess(redis_client: Redis)
     shown = view["credentials"]["auth_token"]["fingerprint"]
     assert shown.startswith("fp_") and len(shown) == 19
     assert shown != unkeyed(TOKEN)
-    stored = await redis_client.get(NAMES.fingerprint_key)
+    stored = maybe_bytes(await redis_client.get(NAMES.fingerprint_key))
     assert stored is not None and stored.startswith(b"v1:")  # sealed under the KEK, not plain
 
 
@@ -212,7 +213,7 @@ async def test_the_fingerprint_key_survives_kek_rotation(redis_client: Redis) ->
     rotated = make_store(redis_client, Sealer(new, (old,)))
     report = await rotated.reseal()
     assert report == {"resealed": 1, "unchanged": 0, "failed": [], "raced": []}
-    sealed_key = await redis_client.get(NAMES.fingerprint_key)
+    sealed_key = maybe_bytes(await redis_client.get(NAMES.fingerprint_key))
     assert sealed_key is not None and not Sealer(new).needs_reseal(sealed_key.decode())
     after = await make_store(redis_client, Sealer(new)).put("ph_2", plivo_body())  # old KEK gone
     assert after["credentials"]["auth_token"] == before["credentials"]["auth_token"]

@@ -28,7 +28,7 @@ def test_one_urandom_call_per_block(monkeypatch: pytest.MonkeyPatch) -> None:
         calls.append(size)
         return real(size)
 
-    monkeypatch.setattr(random_ids.os, "urandom", counting)
+    monkeypatch.setattr("gateway.random_ids.os.urandom", counting)
     ids = random_ids.RandomIds(block_ids=256)
     for _ in range(256 * 3 + 1):
         ids.next_hex()

@@ -10,6 +10,7 @@ from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocket
 from gateway import redis_client
 from gateway.forwarder import FORWARD_SCRIPT, FORWARD_SHA, Forwarder, Outcome
 from gateway.redis_keys import KeyNames
+from tests.helpers.replies import stream_entries
 from tests.helpers.support import make_settings
 
 COMMANDS = [
@@ -52,7 +53,7 @@ def test_forwarder_round_trip_through_packed_connection(redis_url: str) -> None:
             first = await forwarder.forward("ph_1", "événement".encode(), nonce="n1", idempotency_key="k1")
             replay = await forwarder.forward("ph_1", b"other", nonce="n1", idempotency_key="k2")
             dup = await forwarder.forward("ph_1", b"again", nonce="n2", idempotency_key="k1")
-            entries = await client.xrange(KeyNames().stream)
+            entries = stream_entries(await client.xrange(KeyNames().stream))
             assert [fields[b"event"] for _, fields in entries] == ["événement".encode()]
             return [first, replay, dup]
         finally:
