@@ -470,15 +470,15 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         ]
         return "\n".join(lines)
     if "c" not in runs:  # --quick
-        a, b = runs["a"], runs["b"]
-        per_cpu = (b.rps / b.server_cpu) / (a.rps / a.server_cpu)
-        ratio = f"b/a = {b.rps / a.rps:.1%}, per server CPU-second {per_cpu:.1%} (--quick: a and b only)"
+        run_a, run_b = runs["a"], runs["b"]
+        per_cpu = (run_b.rps / run_b.server_cpu) / (run_a.rps / run_a.server_cpu)
+        ratio = f"b/a = {run_b.rps / run_a.rps:.1%}, per server CPU-second {per_cpu:.1%} (--quick: a and b only)"
         if "b0" in runs:
-            b0 = runs["b0"]
-            per_cpu0 = (b0.rps / b0.server_cpu) / (a.rps / a.server_cpu)
+            run_b0 = runs["b0"]
+            per_cpu0 = (run_b0.rps / run_b0.server_cpu) / (run_a.rps / run_a.server_cpu)
             ratio += (
-                f"\n{args.compare_label}: b/a = {b0.rps / a.rps:.1%}, per server CPU-second {per_cpu0:.1%}; "
-                f"this tree over it: {b.rps / b0.rps:.3f}x (per server CPU-second {per_cpu / per_cpu0:.3f}x)"
+                f"\n{args.compare_label}: b/a = {run_b0.rps / run_a.rps:.1%}, per server CPU-second {per_cpu0:.1%}; "
+                f"this tree over it: {run_b.rps / run_b0.rps:.3f}x (per server CPU-second {per_cpu / per_cpu0:.3f}x)"
             )
         return "\n".join([*lines, "", ratio])
     a, b, c, d = (runs[k].rps for k in "abcd")

@@ -227,16 +227,17 @@ def cpu_quota(pids: list[int], share: float, period_us: int = 10_000) -> Iterato
         yield
     finally:
         for group in groups:
-            for pid in (group / "cgroup.procs").read_text().split():
+            for member in (group / "cgroup.procs").read_text().split():
                 with contextlib.suppress(OSError):
-                    (CPU_CGROUP / "cgroup.procs").write_text(pid)
+                    (CPU_CGROUP / "cgroup.procs").write_text(member)
             with contextlib.suppress(OSError):
                 group.rmdir()
 
 
 def metrics_text(base_url: str) -> str:
     with urllib.request.urlopen(base_url + "/metrics", timeout=5) as response:  # noqa: S310
-        return response.read().decode()
+        body: bytes = response.read()
+        return body.decode()
 
 
 def metric_sum(text: str, name: str, **labels: str) -> float:

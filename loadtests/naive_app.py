@@ -13,7 +13,7 @@ import json
 import os
 import time
 import uuid
-from typing import Any
+from typing import Any, cast
 
 import redis
 from plivo.utils.signature_v3 import validate_v3_signature
@@ -53,7 +53,7 @@ def create_app() -> Any:
             request.method,
             public_base + request.url.path,
             nonce,
-            token.decode(),
+            cast(bytes, token).decode(),  # a bytes reply: decode_responses is off
             request.headers.get("X-Plivo-Signature-V3", ""),
             {k: v for k, v in form.items() if isinstance(v, str)},
         )
@@ -71,7 +71,7 @@ def create_app() -> Any:
             return PlainTextResponse("forbidden", 403)
         body = await request.body()
         try:
-            verify_webhook_signature(body, dict(request.headers), public_key.decode())
+            verify_webhook_signature(body, dict(request.headers), cast(bytes, public_key).decode())
         except WebhookVerificationError:
             return PlainTextResponse("forbidden", 403)
         forward("telnyx", phone_id, request, body)

@@ -129,7 +129,9 @@ class Connection(asyncio.Protocol):
                 self.gen.finished(self, current[0], current[1], current[2], status)
 
 
-async def run(url: str, requests: list[bytes], rate: float, duration_s: float, warmup_s: float, conns: int) -> dict:
+async def run(
+    url: str, requests: list[bytes], rate: float, duration_s: float, warmup_s: float, conns: int
+) -> dict[str, object]:
     parts = urlsplit(url)
     loop = asyncio.get_running_loop()
     gen = Generator(requests, rate, duration_s, warmup_s)

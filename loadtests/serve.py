@@ -26,7 +26,7 @@ _ORIGINAL_CONFIG = uvicorn.Config
 _TARGET: dict[str, str] = {}
 
 
-class SwappedConfig(_ORIGINAL_CONFIG):  # type: ignore[misc,valid-type]
+class SwappedConfig(_ORIGINAL_CONFIG):
     """uvicorn.Config with only the application replaced (module level: worker processes unpickle it)."""
 
     def __init__(self, app: Any, **kwargs: Any) -> None:
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     target = APPS[args[0]]
     if target is not None:
         _TARGET["app"] = target
-        uvicorn.Config = SwappedConfig  # type: ignore[misc]
+        uvicorn.Config = SwappedConfig  # type: ignore[misc, assignment]
     return cli.main(["serve", *args[1:]])
 
 
