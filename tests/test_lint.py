@@ -28,9 +28,14 @@ def test_ruff_check_and_format() -> None:
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
 
 
-def test_mypy_strict_on_the_package() -> None:
+def test_mypy_strict_everywhere() -> None:
+    """The package, its tests and the load tests, in one mypy run (strict, pyproject.toml [tool.mypy])."""
     pytest.importorskip("mypy")
     result = subprocess.run(
-        [sys.executable, "-m", "mypy", "gateway"], cwd=REPO, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "mypy", "gateway", "tests", "loadtests"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout + result.stderr
