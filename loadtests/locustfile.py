@@ -51,7 +51,7 @@ class Carrier(FastHttpUser):
     wait_time = between(0.05, 0.5)
 
     def on_start(self) -> None:
-        self.run = random.getrandbits(40)
+        self.run_id = random.getrandbits(40)
         self.counter = 0
         self.last_plivo: signed.SignedRequest | None = None
 
@@ -86,9 +86,9 @@ class Carrier(FastHttpUser):
     def plivo(self, provider: str, kind: str, *, forge: bool = False) -> signed.SignedRequest:
         i = self._next()
         phone = random.choice(PHONES[provider])
-        uuid = signed.call_uuid(self.run, i)
+        uuid = signed.call_uuid(self.run_id, i)
         params = signed.plivo_status_params(uuid) if kind == "status" else signed.plivo_answer_params(uuid)
-        return signed.plivo_request(phone, kind, params, signed.nonce(self.run, i), forge=forge)
+        return signed.plivo_request(phone, kind, params, signed.nonce(self.run_id, i), forge=forge)
 
     # ---- valid traffic ---------------------------------------------------------------------------
 
@@ -108,33 +108,33 @@ class Carrier(FastHttpUser):
 
     @task(15)
     def twilio_status(self) -> None:
-        sid = "CA" + signed.call_uuid(self.run, self._next()).replace("-", "")
+        sid = "CA" + signed.call_uuid(self.run_id, self._next()).replace("-", "")
         self.send(signed.twilio_request(random.choice(PHONES["twilio"]), "status", sid))
 
     @task(3)
     def twilio_answer(self) -> None:
-        sid = "CA" + signed.call_uuid(self.run, self._next()).replace("-", "")
+        sid = "CA" + signed.call_uuid(self.run_id, self._next()).replace("-", "")
         self.send(signed.twilio_request(random.choice(PHONES["twilio"]), "incoming", sid))
 
     @task(12)
     def telnyx_event(self) -> None:
-        event_id = signed.call_uuid(self.run, self._next())
+        event_id = signed.call_uuid(self.run_id, self._next())
         self.send(signed.telnyx_request(random.choice(PHONES["telnyx"]), event_id, int(time.time())))
 
     @task(4)
     def telnyx_by_number(self) -> None:
-        event_id = signed.call_uuid(self.run, self._next())
+        event_id = signed.call_uuid(self.run_id, self._next())
         phone = random.choice(PHONES["telnyx"])
         self.send(signed.telnyx_request(phone, event_id, int(time.time()), by_number=True, event_type="call.initiated"))
 
     @task(6)
     def exotel_status(self) -> None:
-        sid = signed.call_uuid(self.run, self._next()).replace("-", "")
+        sid = signed.call_uuid(self.run_id, self._next()).replace("-", "")
         self.send(signed.exotel_request(random.choice(PHONES["exotel"]), "status", sid))
 
     @task(3)
     def exotel_passthru(self) -> None:
-        sid = signed.call_uuid(self.run, self._next()).replace("-", "")
+        sid = signed.call_uuid(self.run_id, self._next()).replace("-", "")
         self.send(signed.exotel_request(random.choice(PHONES["exotel"]), "incoming", sid))
 
     # ---- forged traffic (must be refused) -------------------------------------------------------
@@ -145,18 +145,18 @@ class Carrier(FastHttpUser):
 
     @task(1)
     def forged_twilio(self) -> None:
-        sid = "CA" + signed.call_uuid(self.run, self._next()).replace("-", "")
+        sid = "CA" + signed.call_uuid(self.run_id, self._next()).replace("-", "")
         self.send(signed.twilio_request(random.choice(PHONES["twilio"]), "status", sid, forge=True))
 
     @task(1)
     def forged_telnyx(self) -> None:
-        event_id = signed.call_uuid(self.run, self._next())
+        event_id = signed.call_uuid(self.run_id, self._next())
         forge = random.choice(["signature", "stale"])
         self.send(signed.telnyx_request(random.choice(PHONES["telnyx"]), event_id, int(time.time()), forge=forge))
 
     @task(1)
     def forged_exotel(self) -> None:
-        sid = signed.call_uuid(self.run, self._next()).replace("-", "")
+        sid = signed.call_uuid(self.run_id, self._next()).replace("-", "")
         forge = random.choice(["ip", "token"])
         self.send(signed.exotel_request(random.choice(PHONES["exotel"]), "status", sid, forge=forge))
 
@@ -176,7 +176,7 @@ class Carrier(FastHttpUser):
         i = self._next()
         ghost = lt_phones.Phone("lt_ghost_000", "plivo", {"auth_id": "MAGHOST", "auth_token": "ghost-token-000000"})
         request = signed.plivo_request(
-            ghost, "status", signed.plivo_status_params(signed.call_uuid(self.run, i)), signed.nonce(self.run, i)
+            ghost, "status", signed.plivo_status_params(signed.call_uuid(self.run_id, i)), signed.nonce(self.run_id, i)
         )
         request.name, request.forged = "unknown phone FORGED", True
         self.send(request)

@@ -120,7 +120,7 @@ PURE_CASES: list[tuple[str, Provider, InboundRequest, tuple[str, ...]]] = [
     (
         "path prefix from X-Original-URI",
         Provider.TWILIO,
-        twilio_case(f"{H}{PATH}", f"{H}/edge/v1{PATH}", **{"X-Original-URI": f"/edge/v1{PATH}"}),
+        twilio_case(f"{H}{PATH}", f"{H}/edge/v1{PATH}", None, **{"X-Original-URI": f"/edge/v1{PATH}"}),
         ("path_prefix",),
     ),
     ("trailing slash", Provider.PLIVO, plivo_case(f"{H}{PATH}", f"{H}{PATH}/"), ("trailing_slash",)),

@@ -7,10 +7,10 @@ import asyncio
 import pytest
 import redis.exceptions as rx
 
-from gateway import consumer, forwarder, keystore, metrics
+from gateway import admin, consumer, forwarder, keystore, metrics
 from gateway.errors import NotReplicated
 from gateway.redis_client import ClusterUnavailable
-from gateway.redis_errors import OUTAGES, OUTAGES_EXCEPT_OOM
+from gateway.redis_errors import OUTAGES, OUTAGES_EXCEPT_OOM, REDIS_FAILURES
 
 
 def test_the_outages() -> None:
@@ -58,3 +58,14 @@ def test_the_consumer_waits_out_every_outage_but_oom() -> None:
 def test_the_forwarder_also_answers_503_when_replicas_do_not_confirm() -> None:
     assert set(forwarder.OUTAGE_OR_NOT_REPLICATED) == {*OUTAGES, NotReplicated}
     assert vars(keystore)["OUTAGES"] is OUTAGES  # keystore imports it, and does not re-export it
+
+
+def test_the_admin_api_answers_503_to_every_redis_failure() -> None:
+    assert vars(admin)["REDIS_FAILURES"] is REDIS_FAILURES  # what it catches
+    for error in (
+        rx.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"),
+        rx.RedisClusterException("Redis Cluster cannot be connected"),
+        ConnectionRefusedError(),
+        TimeoutError(),
+    ):
+        assert isinstance(error, REDIS_FAILURES), error
