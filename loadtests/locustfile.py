@@ -19,9 +19,11 @@ test starts (loadtests/phones.py; `python -m loadtests.phones` does it alone).
 Mix (weights): mostly status callbacks (Plivo, Vobiz, Twilio), some answer URLs, Telnyx
 events (by phone and by number), Exotel passthru from an allowlisted address; about 6%
 forged (wrong key, stale Telnyx timestamp, Exotel from outside the allowlist or with a
-wrong token, a replayed Plivo nonce, an unknown phone). Every request has a fresh nonce /
-event id / CallUUID and a current timestamp. A forged request answered 2xx is a failure,
-and so is a valid one answered anything but 200.
+wrong token, an unknown phone). Every request has a fresh nonce / event id / CallUUID
+and a current timestamp. A forged request answered 2xx is a failure, and so is a valid
+one answered anything but 200. About 1% are exact copies of an accepted Plivo request
+(a carrier's retry, or a replay): answered 200 as the duplicate it is, and never
+forwarded again (run_locust.py checks the stream and the duplicate count).
 """
 
 from __future__ import annotations
@@ -162,14 +164,11 @@ class Carrier(FastHttpUser):
 
     @task(1)
     def replayed_plivo(self) -> None:
+        """An exact copy of an accepted request: the duplicate, answered 200, nothing forwarded."""
         if self.last_plivo is None:
             return
         replay = self.last_plivo
-        self.send(
-            signed.SignedRequest(
-                "plivo status REPLAYED", replay.method, replay.target, replay.headers, replay.body, forged=True
-            )
-        )
+        self.send(signed.SignedRequest(signed.REPLAYED, replay.method, replay.target, replay.headers, replay.body))
 
     @task(1)
     def unknown_phone(self) -> None:

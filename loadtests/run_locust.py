@@ -11,8 +11,10 @@ with the settings the scenario needs:
   GATEWAY_PUBLIC_BASE_URL=https://hooks.example.com   the URL the requests are signed for;
   GATEWAY_ADMIN_TOKEN                    so the locustfile registers its phones at test start.
 Then runs Locust headless, writing loadtests/results/locust_*.csv and locust.html, and checks:
-no failures at all (a forged request answered 2xx is one), and the stream grew by exactly
-the gateway's accepted count, which is at least the valid requests Locust saw answered 200.
+no failures at all (a forged request answered 2xx is one), the stream grew by exactly
+the gateway's accepted count, which is at least the valid requests Locust saw answered 200,
+and every exact copy of an accepted request (REPLAYED) was answered 200 as a duplicate,
+counted as one (outcome="duplicate"), and added nothing to the stream.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import sys
 from pathlib import Path
 
 from loadtests import harness
-from loadtests.signed import FORGED_ACCEPTED  # not from the locustfile: importing locust monkey-patches
+from loadtests.signed import FORGED_ACCEPTED, REPLAYED  # not from the locustfile: importing locust monkey-patches
 
 STREAM = "gateway:events"
 
@@ -52,9 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         log.parent.mkdir(parents=True, exist_ok=True)
         with harness.Server("gateway", env, "0-1", workers=args.workers, log_path=log) as gateway:
             before = harness.stream_length(redis_server.url, STREAM)
-            accepted_before = harness.metric_sum(
-                harness.metrics_text(gateway.base_url), "gateway_requests_total", outcome="accepted"
-            )
+            metrics_before = harness.metrics_text(gateway.base_url)
+            accepted_before = harness.metric_sum(metrics_before, "gateway_requests_total", outcome="accepted")
+            duplicates_before = harness.metric_sum(metrics_before, "gateway_requests_total", outcome="duplicate")
             cmd = [sys.executable, "-m", "locust", "-f", str(harness.REPO / "loadtests" / "locustfile.py")]
             cmd += ["--headless", "-u", str(args.users), "-r", str(args.spawn_rate), "-t", args.duration]
             cmd += ["--host", gateway.base_url, "--csv", str(prefix), "--html", f"{prefix}.html", "--only-summary"]
@@ -62,16 +64,18 @@ def main(argv: list[str] | None = None) -> int:
             locust_env = {**env, "PYTHONPATH": str(harness.REPO)}
             done = subprocess.run(cmd, cwd=harness.REPO, env=locust_env, timeout=3600, check=False)
             growth = harness.settle_stream(redis_server.url, STREAM) - before
-            accepted = (
-                harness.metric_sum(harness.metrics_text(gateway.base_url), "gateway_requests_total", outcome="accepted")
-                - accepted_before
+            metrics_after = harness.metrics_text(gateway.base_url)
+            accepted = harness.metric_sum(metrics_after, "gateway_requests_total", outcome="accepted") - accepted_before
+            duplicates = (
+                harness.metric_sum(metrics_after, "gateway_requests_total", outcome="duplicate") - duplicates_before
             )
     finally:
         redis_server.cleanup()
 
     stats = json.loads(Path(f"{prefix}.json").read_text())
-    forged = [e for e in stats if "FORGED" in e["name"] or "REPLAYED" in e["name"]]
-    valid = [e for e in stats if e not in forged]
+    forged = [e for e in stats if "FORGED" in e["name"]]
+    replayed = [e for e in stats if e["name"] == REPLAYED]
+    valid = [e for e in stats if e not in forged and e not in replayed]
     failed = sum(e["num_failures"] for e in stats)
     total = sum(e["num_requests"] for e in stats)
     valid_ok = sum(e["num_requests"] - e["num_failures"] for e in valid)
@@ -80,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         int(r["Occurrences"]) for r in _rows(Path(f"{prefix}_failures.csv")) if FORGED_ACCEPTED in r["Error"]
     )
     print(f"\nrequests {total}, failures {failed} (forged accepted: {forged_accepted}), forged refused {refused}")
+    replays_ok = sum(e["num_requests"] - e["num_failures"] for e in replayed)
     print(f"valid answered 200: {valid_ok}; gateway accepted {accepted:.0f}; stream grew {growth}")
+    print(f"replays answered 200: {replays_ok}; gateway duplicates {duplicates:.0f}")
     problems = []
     if done.returncode not in (0, 1):
         problems.append(f"locust exited {done.returncode}")
@@ -91,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         problems.append("stream growth does not match the accepted requests")
     if not refused:
         problems.append("no forged request was sent")
+    if duplicates != replays_ok:
+        problems.append("the replays answered 200 are not the gateway's duplicates")
     print("checks: " + ("OK" if not problems else "FAILED: " + "; ".join(problems)))
     print(f"results: {prefix}_stats.csv, {prefix}_failures.csv, {prefix}.html, {prefix}.json")
     return 0 if not problems else 1

@@ -20,6 +20,7 @@ from gateway.providers import plivo, telnyx, twilio
 from loadtests.phones import EXOTEL_SOURCE_IP, FORGED_SOURCE_IP, PUBLIC_BASE_URL, Phone
 
 FORGED_ACCEPTED = "FORGED REQUEST ACCEPTED"  # the failure Locust records for a forged request answered 2xx
+REPLAYED = "plivo status REPLAYED"  # Locust's name for exact copies of accepted requests (duplicates)
 CARRIER_IP = "198.51.100.20"  # documentation range: where Plivo/Twilio/Telnyx "send from"
 FORM = "application/x-www-form-urlencoded"
 
