@@ -5,17 +5,19 @@ Each input is decoded into two things:
      pairs, body in fuzzed chunks, client address, scheme) driven through the real
      `WebhookHandler` — header folding, Content-Length, bounded body read, trusted-proxy
      resolution, InboundRequest building, phone lookup (by id or Telnyx event number),
-     verification, idempotency key, event building — with an in-memory key store and a
-     forwarder that records what it is asked to forward;
+     verification, idempotency key, event building, the forward script — the real app
+     (`GatewayApp`, started through the ASGI lifespan protocol) on a private real Redis
+     (the embedded server), with its phones registered through the real key store;
   2. an InboundRequest built directly (bytes no HTTP parser would let through), given
      to every verifier, plus parse_pairs, telnyx.event_numbers/event_id and the Exotel
      allowlist.
 
 Failure (atheris reports it, with the input) is: any exception other than `Rejected`
 from a verifier or parser, any exception out of the handler, a 5xx, or an accepted
-request that carries no valid proof — the keys are random per run, so the only
-legitimate acceptance is an Exotel phone without a token called from an allowlisted
-address. Every 100,000 inputs it prints the tally (inputs, acceptances).
+request that carries no valid proof (answered 2xx, or an event in the stream) — the
+keys are random per run, so the only legitimate acceptance is an Exotel phone without a
+token called from an allowlisted address. Every 100,000 inputs it prints the tally
+(inputs, acceptances).
 
 Run (see fuzz/README.md):  python fuzz/verifiers_fuzz.py -max_total_time=300 fuzz/corpus
 """
@@ -23,101 +25,126 @@ Run (see fuzz/README.md):  python fuzz/verifiers_fuzz.py -max_total_time=300 fuz
 from __future__ import annotations
 
 import asyncio
+import atexit
 import base64
 import secrets
 import sys
-from typing import Any
+from collections.abc import MutableMapping
+from typing import Any, cast
 
 import atheris
+import orjson
+import redis
 
 with atheris.instrument_imports():
-    from nacl.signing import SigningKey, VerifyKey
+    from nacl.signing import SigningKey
 
     from gateway import inbound as inbound_module
-    from gateway.answers import Answerer
-    from gateway.diagnostics.mismatch import MismatchExplainer
+    from gateway.app import GatewayApp
+    from gateway.embedded_redis import EmbeddedRedis
     from gateway.errors import Rejected
-    from gateway.forwarder import Outcome
     from gateway.inbound import InboundRequest, parse_pairs
-    from gateway.providers import Key, KeyKind, PhoneCredentials, Provider, Verifier, telnyx
-    from gateway.providers.exotel import Allowlist, ExotelVerifier
-    from gateway.providers.plivo import PlivoVerifier
-    from gateway.providers.telnyx import TelnyxVerifier
-    from gateway.providers.twilio import TwilioVerifier
-    from gateway.proxy import OriginResolver
-    from gateway.settings import from_env, parse_networks
-    from gateway.webhooks import WebhookHandler, match_route
+    from gateway.providers import PhoneCredentials, Provider, Verifier, telnyx
+    from gateway.providers.allowlist import Allowlist
+    from gateway.providers.registry import build_verifiers
+    from gateway.settings import from_env
+    from gateway.webhooks import match_route
 
 NOW = 1_795_000_000.0
-ALLOWLIST = Allowlist.parse("203.0.113.0/24,2001:db8::/32")
+ALLOWLIST = Allowlist.parse("203.0.113.0/24,2001:db8::/32")  # what EXOTEL_ALLOWED_IPS says below
 OPEN_EXOTEL = "ph_exotel_open"  # an Exotel phone without a token: IP-only by design
 
 
-def _secret(fingerprint: str) -> Key:
-    return Key(material=secrets.token_urlsafe(30).encode(), fingerprint=fingerprint)
+ALLOWED = "203.0.113.0/24,2001:db8::/32"
+STREAM = "gateway:events"
 
 
-def _telnyx_public() -> Key:
-    public = bytes(SigningKey.generate().verify_key)
-    return Key(material=public, fingerprint="fp-telnyx", prepared=VerifyKey(public))
+def _token() -> str:
+    return secrets.token_urlsafe(30)
 
 
-AUTH = {KeyKind.AUTH_TOKEN: (_secret("fp-auth"),), KeyKind.MAIN_AUTH_TOKEN: (_secret("fp-main"),)}
-PHONES: dict[str, PhoneCredentials] = {
-    "ph_plivo": PhoneCredentials("ph_plivo", Provider.PLIVO, AUTH),
-    "ph_vobiz": PhoneCredentials("ph_vobiz", Provider.VOBIZ, AUTH),
-    "ph_twilio": PhoneCredentials(
-        "ph_twilio",
-        Provider.TWILIO,
-        {KeyKind.AUTH_TOKEN: (_secret("fp-auth"),), KeyKind.TWILIO_SIGNING_KEY: (_secret("fp-sk"),)},
-    ),
-    "ph_telnyx": PhoneCredentials("ph_telnyx", Provider.TELNYX, {KeyKind.PUBLIC_KEY: (_telnyx_public(),)}),
-    "ph_exotel": PhoneCredentials("ph_exotel", Provider.EXOTEL, {KeyKind.EXOTEL_WEBHOOK_TOKEN: (_secret("fp-token"),)}),
-    OPEN_EXOTEL: PhoneCredentials(OPEN_EXOTEL, Provider.EXOTEL, {}),
+def _telnyx_public_key() -> str:
+    return base64.b64encode(bytes(SigningKey.generate().verify_key)).decode()
+
+
+# Registered through the admin API's key store, with keys nobody else knows (random per run).
+PHONE_RECORDS: dict[str, dict[str, Any]] = {
+    "ph_plivo": {"provider": "plivo", "credentials": {"auth_id": "MAEXAMPLE0000000000", "auth_token": _token()}},
+    "ph_vobiz": {"provider": "vobiz", "credentials": {"auth_id": "MAEXAMPLE0000000000", "auth_token": _token()}},
+    "ph_twilio": {
+        "provider": "twilio",
+        "credentials": {
+            "account_sid": "AC" + "0" * 32,
+            "auth_token": _token(),
+            "webhook_signing_key": _token(),
+            "webhook_signing_key_id": "KS" + "0" * 32,
+        },
+    },
+    "ph_telnyx": {
+        "provider": "telnyx",
+        "credentials": {"public_key": _telnyx_public_key()},
+        "config": {"number": "+14155550101"},
+    },
+    "ph_exotel": {
+        "provider": "exotel",
+        "credentials": {"api_key": "exotel-api-key-example", "api_token": _token(), "sid": "example1"},
+        "config": {"exotel_webhook_token": _token()},
+    },
+    OPEN_EXOTEL: {
+        "provider": "exotel",
+        "credentials": {"api_key": "exotel-api-key-example", "api_token": _token(), "sid": "example1"},
+    },
 }
-NUMBERS = {"+14155550101": "ph_telnyx", "+14155550100": "ph_telnyx"}
-VERIFIERS: dict[Provider, Verifier] = {
-    Provider.PLIVO: PlivoVerifier(),
-    Provider.VOBIZ: PlivoVerifier(),
-    Provider.TWILIO: TwilioVerifier(),
-    Provider.TELNYX: TelnyxVerifier(),
-    Provider.EXOTEL: ExotelVerifier(ALLOWLIST),
-}
 
-
-class MemoryKeyStore:
-    async def credentials(self, phone_id: str) -> PhoneCredentials | None:
-        return PHONES.get(phone_id)
-
-    async def phone_for_number(self, number: str) -> str | None:
-        return NUMBERS.get(number)
-
-
-class RecordingForwarder:
-    def __init__(self) -> None:
-        self.forwarded: list[str] = []
-
-    async def forward(
-        self, phone_id: str, event: bytes, *, nonce: str | None, idempotency_key: str | None
-    ) -> tuple[Outcome, str]:
-        self.forwarded.append(phone_id)
-        return Outcome.FORWARDED, "1-0"
-
-
-FORWARDER = RecordingForwarder()
-SETTINGS = from_env({"GATEWAY_KEK": base64.b64encode(secrets.token_bytes(32)).decode()}, toml_path=None)
-HANDLER = WebhookHandler(
-    keystore=MemoryKeyStore(),  # type: ignore[arg-type]
-    forwarder=FORWARDER,  # type: ignore[arg-type]
-    verifiers=VERIFIERS,
-    answers=Answerer(SETTINGS),
-    origin=OriginResolver(parse_networks("trusted", "127.0.0.1/32"), None),
-    max_body_bytes=SETTINGS.max_body_bytes,
-    clock=lambda: NOW,
-    # Failed-signature diagnosis (within its own CPU budget): must never accept, never crash.
-    explain=MismatchExplainer(None),
+REDIS = EmbeddedRedis(appendonly=False).start()
+atexit.register(REDIS.stop)
+STREAM_CLIENT = redis.Redis.from_url(REDIS.url)
+SETTINGS = from_env(
+    {
+        "GATEWAY_REDIS_URL": REDIS.url,
+        "GATEWAY_KEK": base64.b64encode(secrets.token_bytes(32)).decode(),
+        "EXOTEL_ALLOWED_IPS": ALLOWED,
+        "GATEWAY_TRUSTED_PROXIES": "127.0.0.1/32",
+        "GATEWAY_ACCESS_LOG": "off",
+    },
+    toml_path=None,
 )
+APP = GatewayApp(SETTINGS, clock=lambda: NOW)
 LOOP = asyncio.new_event_loop()
+
+
+async def _start() -> None:
+    """The ASGI lifespan protocol, as uvicorn drives it: the real components, started once."""
+    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def receive() -> dict[str, Any]:
+        return await inbox.get()
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        await outbox.put(dict(message))
+
+    LIFESPAN.append(LOOP.create_task(APP({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)))
+    await inbox.put({"type": "lifespan.startup"})
+    started = await outbox.get()
+    if started["type"] != "lifespan.startup.complete":
+        raise RuntimeError(f"the gateway did not start: {started}")
+    components = APP.components
+    assert components is not None
+    for phone_id, record in PHONE_RECORDS.items():
+        await components.keystore.put(phone_id, record)
+        credentials = await components.keystore.credentials(phone_id)
+        assert credentials is not None
+        PHONES[phone_id] = credentials
+
+
+LIFESPAN: list[asyncio.Task[None]] = []
+PHONES: dict[str, PhoneCredentials] = {}
+VERIFIERS: dict[Provider, Verifier] = build_verifiers(SETTINGS.verifier_options())  # the ones the app built
+LOOP.run_until_complete(_start())
+_COMPONENTS = APP.components
+assert _COMPONENTS is not None
+HANDLER = _COMPONENTS.webhooks
 
 HEADER_NAMES = [
     b"x-plivo-signature-v3",
@@ -149,7 +176,7 @@ def _value(fdp: atheris.FuzzedDataProvider) -> bytes:
         return base64.b64encode(fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 70)))
     if kind == 1:
         return str(fdp.ConsumeInt(8)).encode()
-    return fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 200))
+    return bytes(fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 200)))
 
 
 def _headers(fdp: atheris.FuzzedDataProvider) -> list[tuple[bytes, bytes]]:
@@ -167,7 +194,7 @@ def _headers(fdp: atheris.FuzzedDataProvider) -> list[tuple[bytes, bytes]]:
 def _client_ip(fdp: atheris.FuzzedDataProvider) -> str:
     if fdp.ConsumeBool():
         return str(fdp.PickValueInList(CLIENTS))
-    return fdp.ConsumeUnicodeNoSurrogates(fdp.ConsumeIntInRange(0, 40))
+    return str(fdp.ConsumeUnicodeNoSurrogates(fdp.ConsumeIntInRange(0, 40)))
 
 
 def _via_handler(fdp: atheris.FuzzedDataProvider) -> None:
@@ -200,22 +227,25 @@ def _via_handler(fdp: atheris.FuzzedDataProvider) -> None:
     async def receive() -> dict[str, Any]:
         return messages.pop(0) if messages else {"type": "http.disconnect"}
 
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(dict(message))
 
-    before = len(FORWARDER.forwarded)
+    before = _stream_end()
     LOOP.run_until_complete(HANDLER(scope, receive, send, route))
     STATS["handler_runs"] += 1
     starts = [m for m in sent if m["type"] == "http.response.start"]
+    forwarded = _forwarded_since(before)
     if not starts:
+        if forwarded:
+            raise AssertionError(f"forwarded without an answer: {forwarded} for {path}")
         return  # client "disconnected" before the body was complete: nothing to answer
     status = starts[0]["status"]
     if status >= 500:
         raise AssertionError(f"5xx answer: {status}")
-    forwarded = FORWARDER.forwarded[before:]
     if status < 300 or forwarded:
         STATS["accepted"] += 1
-        if forwarded != [OPEN_EXOTEL]:
+        # Forwarded once, or answered as the duplicate of an earlier acceptance (nothing new).
+        if route.phone_id != OPEN_EXOTEL or forwarded not in ([], [OPEN_EXOTEL]):
             raise AssertionError(f"forgery accepted: {status} {forwarded} for {path}")
         # The only proof an open Exotel phone needs: an allowlisted source address.
         peer = scope["client"][0]
@@ -223,6 +253,20 @@ def _via_handler(fdp: atheris.FuzzedDataProvider) -> None:
         if not ALLOWLIST.contains(peer) and not (peer == "127.0.0.1" and forwarded_for):
             raise AssertionError(f"open Exotel phone accepted from {peer!r}")
         STATS["accepted_legitimately"] += 1
+
+
+StreamEntries = list[tuple[bytes, dict[bytes, bytes]]]  # a bytes-mode client's XRANGE reply
+
+
+def _stream_end() -> bytes:
+    last = cast(StreamEntries, STREAM_CLIENT.xrevrange(STREAM, count=1))
+    return last[0][0] if last else b"0-0"
+
+
+def _forwarded_since(entry_id: bytes) -> list[str]:
+    """The phone of every event added to the stream after `entry_id`."""
+    entries = cast(StreamEntries, STREAM_CLIENT.xrange(STREAM, min=b"(" + entry_id))
+    return [str(orjson.loads(fields[b"event"])["phone_id"]) for _, fields in entries]
 
 
 def _direct(fdp: atheris.FuzzedDataProvider) -> None:

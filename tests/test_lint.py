@@ -29,10 +29,10 @@ def test_ruff_check_and_format() -> None:
 
 
 def test_mypy_strict_everywhere() -> None:
-    """The package, its tests and the load tests, in one mypy run (strict, pyproject.toml [tool.mypy])."""
+    """The package, its tests, the load tests and the fuzz target: one strict mypy run (pyproject.toml)."""
     pytest.importorskip("mypy")
     result = subprocess.run(
-        [sys.executable, "-m", "mypy", "gateway", "tests", "loadtests"],
+        [sys.executable, "-m", "mypy", "gateway", "tests", "loadtests", "fuzz"],
         cwd=REPO,
         capture_output=True,
         text=True,
