@@ -26,13 +26,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 import redis.exceptions as rx
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
+from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection, UnixDomainSocketConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool, SentinelManagedConnection
 from redis.backoff import NoBackoff
@@ -110,15 +111,35 @@ class HiredisPacking:
             return self._packer.pack(*args)  # type: ignore[no-any-return]
 
 
-class PackedConnection(HiredisPacking, Connection):
+class ClosedTransportIsConnectionError(AbstractConnection):
+    """A write on a connection the server closed is a ConnectionError, whatever the event loop.
+
+    uvloop (uvicorn's loop) raises RuntimeError("unable to perform operation on <TCPTransport
+    closed=True ...>; the handler is closed") there, where asyncio's own transports raise OSError,
+    which redis-py turns into ConnectionError: an outage, retried once on a fresh connection, the
+    cluster map refreshed, else answered 503. redis-py lets the RuntimeError through, and a webhook
+    whose phone lookup hit a killed Redis Cluster node got an unexpected error (seen in CI).
+    """
+
+    async def send_packed_command(self, command: bytes | str | Iterable[bytes], check_health: bool = True) -> None:
+        try:
+            await super().send_packed_command(command, check_health)
+        except RuntimeError as exc:
+            if "closed" not in str(exc):
+                raise
+            await self.disconnect(nowait=True)
+            raise rx.ConnectionError("Error while writing to socket: the connection is closed.") from exc
+
+
+class PackedConnection(HiredisPacking, ClosedTransportIsConnectionError, Connection):
     pass
 
 
-class PackedSSLConnection(HiredisPacking, SSLConnection):
+class PackedSSLConnection(HiredisPacking, ClosedTransportIsConnectionError, SSLConnection):
     pass
 
 
-class PackedUnixConnection(HiredisPacking, UnixDomainSocketConnection):
+class PackedUnixConnection(HiredisPacking, ClosedTransportIsConnectionError, UnixDomainSocketConnection):
     pass
 
 
@@ -136,7 +157,7 @@ def _packed_connections(client: Redis) -> Redis:
     return client
 
 
-class GatewaySentinelConnection(HiredisPacking, SentinelManagedConnection):
+class GatewaySentinelConnection(HiredisPacking, ClosedTransportIsConnectionError, SentinelManagedConnection):
     """Looks the master up again on every reconnect, however the reconnect is reached.
 
     redis-py 8.1's asyncio Connection.send_packed_command() reconnects a dropped
@@ -265,6 +286,16 @@ class ClusterUnavailable(rx.ConnectionError):
 
 
 class GatewayRedisCluster(RedisCluster):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # RedisCluster picks its nodes' connection class itself (Connection, or SSLConnection with TLS);
+        # the one dict it keeps is shared with its NodesManager, which makes every later node from it.
+        chosen = self.connection_kwargs["connection_class"]
+        ours = _PACKED.get(chosen, chosen)
+        self.connection_kwargs["connection_class"] = ours
+        for node in self.nodes_manager.startup_nodes.values():  # made in super().__init__, not connected yet
+            node.connection_class = ours
+
     async def initialize(self, *args: Any, **kwargs: Any) -> GatewayRedisCluster:
         try:
             await super().initialize(*args, **kwargs)
