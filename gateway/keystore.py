@@ -17,7 +17,7 @@ import enum
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis.exceptions as rx
@@ -505,6 +505,6 @@ class KeyStore:
                 if connection is not None:  # it goes back to the pool: plain commands from now on
                     connection.deregister_connect_callback(self._on_resubscribed)
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await cast(Any, pubsub).aclose()  # typed in some redis-py releases only
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)

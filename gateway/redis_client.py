@@ -105,10 +105,11 @@ class HiredisPacking:
     """
 
     if HIREDIS_AVAILABLE:  # a dependency (redis[hiredis]); without it, redis-py's own encoder
-        _packer = HiredisRespSerializer()
+        # Through Any: redis-py types this class in some releases and not in others.
+        _packer: Any = cast(Any, HiredisRespSerializer)()
 
         def pack_command(self, *args: Any) -> list[bytes]:
-            return self._packer.pack(*args)  # type: ignore[no-any-return]
+            return cast(list[bytes], self._packer.pack(*args))
 
 
 class ClosedTransportIsConnectionError(AbstractConnection):
@@ -257,7 +258,7 @@ def _sentinel(settings: Settings, target: str) -> Redis:
         sentinel_kwargs["password"] = query["sentinel_password"][0]
     if "sentinel_username" in query:
         sentinel_kwargs["username"] = query["sentinel_username"][0]
-    manager = GatewaySentinel(  # type: ignore[no-untyped-call]
+    manager: GatewaySentinel = cast(Any, GatewaySentinel)(  # typed in some redis-py releases only
         hosts,
         sentinel_kwargs=sentinel_kwargs,
         username=username,
