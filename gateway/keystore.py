@@ -52,10 +52,16 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _reply_code(error: rx.ResponseError) -> str:
-    """The error reply's code (WRONGTYPE, ERR...): never the rest of its text."""
-    words = str(error).split(maxsplit=1)
-    return words[0] if words and words[0].isupper() and words[0].isalpha() else type(error).__name__
+def _wrong_type(error: rx.ResponseError) -> bool:
+    return str(error).startswith("WRONGTYPE")
+
+
+def _refused_read(error: rx.ResponseError) -> Unavailable:
+    """Any other error reply to a read (NOPERM from an ACL...): answered 503, so the carrier retries
+    once the operator fixed it, and logged with the error's class only (never its text)."""
+    log.error("Redis refused a key store read (%s)", type(error).__name__)
+    metrics.REDIS_ERRORS.labels("keystore", metrics.redis_error_class(error)).inc()
+    return Unavailable("redis")
 
 
 def _number_of(raw: bytes | str) -> str | None:
@@ -205,11 +211,11 @@ class KeyStore:
             metrics.REDIS_ERRORS.labels("keystore", metrics.redis_error_class(exc)).inc()
             raise Unavailable("redis") from None
         except rx.ResponseError as exc:
-            # WRONGTYPE: something other than the admin API wrote the key (a hash, a list): fail
-            # closed like any invalid record, answered exactly as an unknown phone.
-            log.error(
-                "phone record is unreadable (%s); refusing its webhooks", _reply_code(exc), extra={"phone_id": phone_id}
-            )
+            if not _wrong_type(exc):  # NOPERM (an ACL), a script error...: the server's problem, not the record's
+                raise _refused_read(exc) from None
+            # Something other than the admin API wrote the key (a hash, a list): fail closed like any
+            # invalid record, answered exactly as an unknown phone.
+            log.error("phone record is unreadable (WRONGTYPE); refusing its webhooks", extra={"phone_id": phone_id})
             return None
         if raw is None:
             return None
@@ -236,8 +242,10 @@ class KeyStore:
         except OUTAGES as exc:
             metrics.REDIS_ERRORS.labels("keystore", metrics.redis_error_class(exc)).inc()
             raise Unavailable("redis") from None
-        except rx.ResponseError as exc:  # WRONGTYPE: not written by the admin API; no phone has it
-            log.error("number index entry is unreadable (%s); no phone answers for it", _reply_code(exc))
+        except rx.ResponseError as exc:
+            if not _wrong_type(exc):
+                raise _refused_read(exc) from None
+            log.error("number index entry is unreadable (WRONGTYPE); no phone answers for it")  # not the admin API's
             return None
         phone_id = _text(raw) if raw is not None else None
         self._numbers.put(number, phone_id)

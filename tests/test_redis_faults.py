@@ -443,3 +443,24 @@ def test_an_unexpected_error_is_a_503_with_no_detail_and_a_traceback_in_the_log(
         assert client.xlen(STREAM) == 0
     finally:
         client.close()
+
+
+def test_a_read_the_server_refuses_is_a_503_not_an_unknown_phone(
+    gw: RunningGateway, server: EmbeddedRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """NOPERM (an ACL that lost GET, say) is the server's problem, not the phone's: answered 503 so the
+    carrier retries once it is fixed; an unknown-phone 403 would make carriers give up on a real phone."""
+    phone = plivo_phone(random_id(), new_token())
+    gw.put_phone(phone)
+    client = client_for(server)
+    try:
+        execute_command(client, "ACL", "SETUSER", "default", "-get")
+        request = signed(phone)
+        assert_unavailable(send_as_carrier(gw, request))
+        assert "Redis refused a key store read (NoPermissionError)" in caplog.text
+        execute_command(client, "ACL", "SETUSER", "default", "+get")
+        assert retry_until_accepted(gw, request).status_code == 200
+        assert stream_calls(client) == [call_of(request)]
+    finally:
+        execute_command(client, "ACL", "SETUSER", "default", "+get")
+        client.close()
