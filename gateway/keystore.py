@@ -52,16 +52,11 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _wrong_type(error: rx.ResponseError) -> bool:
-    return str(error).startswith("WRONGTYPE")
+class _WrongType:
+    """A request-path key holding another type than the admin API writes (a hand-written hash, a list)."""
 
 
-def _refused_read(error: rx.ResponseError) -> Unavailable:
-    """Any other error reply to a read (NOPERM from an ACL...): answered 503, so the carrier retries
-    once the operator fixed it, and logged with the error's class only (never its text)."""
-    log.error("Redis refused a key store read (%s)", type(error).__name__)
-    metrics.REDIS_ERRORS.labels("keystore", metrics.redis_error_class(error)).inc()
-    return Unavailable("redis")
+_WRONG_TYPE = _WrongType()
 
 
 def _number_of(raw: bytes | str) -> str | None:
@@ -205,16 +200,8 @@ class KeyStore:
             self._inflight.pop(phone_id, None)
 
     async def _load(self, phone_id: str) -> PhoneCredentials | None:
-        try:
-            raw = await self._redis.get(self._names.phone(phone_id))
-        except OUTAGES as exc:
-            metrics.REDIS_ERRORS.labels("keystore", metrics.redis_error_class(exc)).inc()
-            raise Unavailable("redis") from None
-        except rx.ResponseError as exc:
-            if not _wrong_type(exc):  # NOPERM (an ACL), a script error...: the server's problem, not the record's
-                raise _refused_read(exc) from None
-            # Something other than the admin API wrote the key (a hash, a list): fail closed like any
-            # invalid record, answered exactly as an unknown phone.
+        raw = await self._read(self._names.phone(phone_id))
+        if isinstance(raw, _WrongType):  # fail closed like any invalid record, answered exactly as an unknown phone
             log.error("phone record is unreadable (WRONGTYPE); refusing its webhooks", extra={"phone_id": phone_id})
             return None
         if raw is None:
@@ -237,19 +224,30 @@ class KeyStore:
         found, phone_id = self._numbers.get(number)
         if found:
             return phone_id
-        try:
-            raw = await self._redis.get(self._names.number(number))
-        except OUTAGES as exc:
-            metrics.REDIS_ERRORS.labels("keystore", metrics.redis_error_class(exc)).inc()
-            raise Unavailable("redis") from None
-        except rx.ResponseError as exc:
-            if not _wrong_type(exc):
-                raise _refused_read(exc) from None
-            log.error("number index entry is unreadable (WRONGTYPE); no phone answers for it")  # not the admin API's
+        raw = await self._read(self._names.number(number))
+        if isinstance(raw, _WrongType):
+            log.error("number index entry is unreadable (WRONGTYPE); no phone answers for it")
             return None
         phone_id = _text(raw) if raw is not None else None
         self._numbers.put(number, phone_id)
         return phone_id
+
+    async def _read(self, key: str) -> bytes | str | None | _WrongType:
+        """GET for the request path. Unavailable (503, the carrier retries) on an outage or on any
+        other error reply (NOPERM from an ACL...: the server's problem, not the phone's); _WRONG_TYPE
+        for a key of another type. Logged and counted with the error's class only, never its text."""
+        try:
+            raw: bytes | str | None = await self._redis.get(key)
+            return raw
+        except OUTAGES as exc:
+            metrics.REDIS_ERRORS.labels("keystore", metrics.redis_error_class(exc)).inc()
+            raise Unavailable("redis") from None
+        except rx.ResponseError as exc:
+            if str(exc).startswith("WRONGTYPE"):
+                return _WRONG_TYPE
+            log.error("Redis refused a key store read (%s)", type(exc).__name__)
+            metrics.REDIS_ERRORS.labels("keystore", metrics.redis_error_class(exc)).inc()
+            raise Unavailable("redis") from None
 
     def cache_usage(self) -> dict[str, tuple[int, int]]:
         """(entries, bytes) of each in-process cache: phones, absent (unknown ids), numbers."""

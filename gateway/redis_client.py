@@ -126,7 +126,7 @@ class ClosedTransportIsConnectionError(AbstractConnection):
         try:
             await super().send_packed_command(command, check_health)
         except RuntimeError as exc:
-            if "closed" not in str(exc):
+            if "the handler is closed" not in str(exc):  # uvloop's words for exactly this; anything else is a bug
                 raise
             await self.disconnect(nowait=True)
             raise rx.ConnectionError("Error while writing to socket: the connection is closed.") from exc

@@ -186,7 +186,7 @@ class WebhookHandler:
             log.exception("unexpected error handling a webhook; answered 503")
             status, outcome, reason = UNAVAILABLE_ANSWER[0], "error", "internal_error"
             with contextlib.suppress(Exception):  # fails if the answer had already started
-                await respond(send, *UNAVAILABLE_ANSWER, extra_headers=_RETRY_AFTER)
+                await self._unavailable(send, provider_label)
         finally:
             tally = metrics.TALLY
             tally.count(metrics.request_counter(provider_label, route.kind, outcome))
